@@ -1,0 +1,207 @@
+"""`EnsembleTrainingArguments`: the `TrainingArguments` of a whole ensemble (Local DE, Global DE, SSE, StarSSE)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+ENSEMBLE_STRATEGIES = ("local_de", "global_de", "sse", "star_sse")
+
+
+@dataclass
+class EnsembleTrainingArguments(TrainingArguments):
+    r"""
+    Configuration class for [`EnsembleTrainer`].
+
+    The first fine-tuning (member 0, and every Local / Global DE member) uses the usual `learning_rate`,
+    `num_train_epochs` / `max_steps`, `warmup_steps` and a cosine decay to 0. SSE and StarSSE members after the first
+    are "cycles": the LR jumps to the cycle LR and decays by cosine to 0 over the cycle length. Cycle LR and length
+    can be given as absolute values or as the paper's ratios to the first fine-tuning.
+
+    Parameters:
+        ensemble_strategy (`str`, *optional*, defaults to `"star_sse"`):
+            One of `local_de`, `global_de`, `sse`, `star_sse`.
+        num_members (`int`, *optional*, defaults to 5):
+            Number of ensemble members K.
+        cycle_learning_rate (`float`, *optional*):
+            Peak LR of each SSE / StarSSE cycle. Exclusive with `cycle_lr_ratio`.
+        cycle_lr_ratio (`float`, *optional*):
+            Cycle peak LR divided by `learning_rate` (the paper's grid: 0.25, 0.5, 1, 2, 4). Defaults to 1.0 when
+            neither `cycle_learning_rate` nor `cycle_lr_ratio` is set.
+        cycle_epochs (`float`, *optional*):
+            Length of each cycle in epochs. Exclusive with `cycle_steps` and `cycle_epoch_ratio`.
+        cycle_steps (`int`, *optional*):
+            Length of each cycle in optimizer steps.
+        cycle_epoch_ratio (`float`, *optional*):
+            Cycle length divided by the first fine-tuning's length (the paper's grid: 0.5, 1, 2, 4). Defaults to 1.0
+            when no cycle length is set.
+        cycle_warmup_steps (`float`, *optional*, defaults to 0):
+            Linear warmup at each cycle start: steps (>= 1) or a ratio of the cycle length (in [0, 1)).
+        reset_optimizer_each_cycle (`bool`, *optional*, defaults to `True`):
+            Start every member with a fresh optimizer state (momentum reset), as the authors do.
+        member_seeds (`list[int]`, *optional*):
+            One seed per member (head init of fresh heads + data order). Defaults to `seed + i` for member i.
+        pretrained_checkpoints (`list[str]`, *optional*):
+            Global DE only: one independently pre-trained checkpoint (Hub id or folder) per member.
+        evaluate_members (`bool`, *optional*, defaults to `True`):
+            Evaluate each member on `eval_dataset` (when given) before it is saved; the metrics go into its
+            `member.json`.
+    """
+
+    ensemble_strategy: str = field(
+        default="star_sse",
+        metadata={"help": "Ensemble strategy.", "choices": list(ENSEMBLE_STRATEGIES)},
+    )
+    num_members: int = field(default=5, metadata={"help": "Number of ensemble members K."})
+    cycle_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak LR of each SSE/StarSSE cycle (absolute). Exclusive with `cycle_lr_ratio`."},
+    )
+    cycle_lr_ratio: float | None = field(
+        default=None,
+        metadata={"help": "Cycle peak LR / `learning_rate` (paper grid 0.25..4). Defaults to 1.0 if no cycle LR."},
+    )
+    cycle_epochs: float | None = field(
+        default=None,
+        metadata={"help": "Cycle length in epochs. Exclusive with `cycle_steps` and `cycle_epoch_ratio`."},
+    )
+    cycle_steps: int | None = field(
+        default=None,
+        metadata={"help": "Cycle length in optimizer steps. Exclusive with `cycle_epochs` and `cycle_epoch_ratio`."},
+    )
+    cycle_epoch_ratio: float | None = field(
+        default=None,
+        metadata={"help": "Cycle length / first fine-tuning length (paper grid 0.5..4). Defaults to 1.0."},
+    )
+    cycle_warmup_steps: float = field(
+        default=0,
+        metadata={"help": "Linear warmup at each cycle start: steps (>= 1) or a ratio of the cycle (in [0, 1))."},
+    )
+    reset_optimizer_each_cycle: bool = field(
+        default=True,
+        metadata={"help": "Start every member with a fresh optimizer state (momentum reset), the authors' default."},
+    )
+    member_seeds: list[int] | None = field(
+        default=None,
+        metadata={"help": "One seed per member (fresh head init + data order). Defaults to `seed + i`."},
+    )
+    pretrained_checkpoints: list[str] | None = field(
+        default=None,
+        metadata={"help": "Global DE: one independently pre-trained checkpoint (Hub id or folder) per member."},
+    )
+    evaluate_members: bool = field(
+        default=True,
+        metadata={"help": "Evaluate each member on `eval_dataset` before saving it (metrics go to member.json)."},
+    )
+
+    def __post_init__(self):
+        self._validate_ensemble_fields()
+        super().__post_init__()
+
+    def _validate_ensemble_fields(self) -> None:
+        if self.ensemble_strategy not in ENSEMBLE_STRATEGIES:
+            raise ValueError(
+                f"`ensemble_strategy` should be one of {', '.join(ENSEMBLE_STRATEGIES)}, got {self.ensemble_strategy!r}."
+            )
+        if not isinstance(self.num_members, int) or self.num_members < 1:
+            raise ValueError(f"`num_members` should be a positive integer, got {self.num_members!r}.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"`learning_rate` should be positive, got {self.learning_rate}.")
+        if self.max_steps is not None and self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError(f"`num_train_epochs` should be positive, got {self.num_train_epochs}.")
+        _exclusive(self, "cycle_learning_rate", "cycle_lr_ratio")
+        _exclusive(self, "cycle_epochs", "cycle_steps", "cycle_epoch_ratio")
+        for name in ("cycle_learning_rate", "cycle_lr_ratio", "cycle_epochs", "cycle_steps", "cycle_epoch_ratio"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"`{name}` should be positive, got {value}.")
+        if self.cycle_steps is not None and int(self.cycle_steps) != self.cycle_steps:
+            raise ValueError(f"`cycle_steps` should be an integer, got {self.cycle_steps}.")
+        if self.cycle_warmup_steps < 0:
+            raise ValueError(f"`cycle_warmup_steps` should be >= 0, got {self.cycle_warmup_steps}.")
+        if self.member_seeds is not None:
+            if len(self.member_seeds) != self.num_members:
+                raise ValueError(
+                    f"`member_seeds` should hold one seed per member ({self.num_members}), got {len(self.member_seeds)}."
+                )
+            if len(set(self.member_seeds)) != len(self.member_seeds) and self.ensemble_strategy != "global_de":
+                raise ValueError(f"`member_seeds` should be distinct, got {self.member_seeds}.")
+        if self.ensemble_strategy == "global_de":
+            if not self.pretrained_checkpoints:
+                raise ValueError("`pretrained_checkpoints` is required for `ensemble_strategy='global_de'`.")
+            if len(self.pretrained_checkpoints) != self.num_members:
+                raise ValueError(
+                    f"`pretrained_checkpoints` should list one checkpoint per member ({self.num_members}), got "
+                    f"{len(self.pretrained_checkpoints)}."
+                )
+        elif self.pretrained_checkpoints:
+            raise ValueError(
+                f"`pretrained_checkpoints` is only used by `ensemble_strategy='global_de'`, got it with "
+                f"{self.ensemble_strategy!r}."
+            )
+
+    # ----- resolved values --------------------------------------------------------------------------------------
+    @property
+    def seeds(self) -> list[int]:
+        """The seed of each member."""
+        return list(self.member_seeds) if self.member_seeds is not None else [self.seed + i for i in range(self.num_members)]
+
+    @property
+    def resolved_cycle_lr_ratio(self) -> float:
+        """Cycle peak LR divided by `learning_rate`."""
+        if self.cycle_learning_rate is not None:
+            return self.cycle_learning_rate / self.learning_rate
+        return 1.0 if self.cycle_lr_ratio is None else float(self.cycle_lr_ratio)
+
+    def resolve_num_first_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of the first fine-tuning, given the optimizer steps of one epoch."""
+        if self.max_steps is not None and self.max_steps > 0:
+            return int(self.max_steps)
+        return max(1, math.ceil(self.num_train_epochs * steps_per_epoch))
+
+    def resolve_num_cycle_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of one cycle, given the optimizer steps of one epoch."""
+        if self.cycle_steps is not None:
+            return int(self.cycle_steps)
+        if self.cycle_epochs is not None:
+            return max(1, math.ceil(self.cycle_epochs * steps_per_epoch))
+        ratio = 1.0 if self.cycle_epoch_ratio is None else self.cycle_epoch_ratio
+        return max(1, round(ratio * self.resolve_num_first_steps(steps_per_epoch)))
+
+    @staticmethod
+    def resolve_warmup(value: float, num_steps: int) -> int:
+        """Warmup steps from a step count (>= 1) or a ratio (< 1) of `num_steps`, kept below `num_steps`."""
+        steps = int(value) if value >= 1 else math.ceil(num_steps * value)
+        return min(steps, num_steps - 1)
+
+    def ensemble_hyperparameters(self) -> dict[str, Any]:
+        """The settings that define the ensemble (recorded in the manifest and compared when a run resumes)."""
+        return {
+            "ensemble_strategy": self.ensemble_strategy,
+            "num_members": self.num_members,
+            "member_seeds": self.seeds,
+            "learning_rate": self.learning_rate,
+            "num_train_epochs": self.num_train_epochs,
+            "max_steps": self.max_steps,
+            "warmup_steps": self.warmup_steps,
+            "cycle_lr_ratio": self.resolved_cycle_lr_ratio,
+            "cycle_epochs": self.cycle_epochs,
+            "cycle_steps": self.cycle_steps,
+            "cycle_epoch_ratio": self.cycle_epoch_ratio,
+            "cycle_warmup_steps": self.cycle_warmup_steps,
+            "reset_optimizer_each_cycle": self.reset_optimizer_each_cycle,
+            "pretrained_checkpoints": self.pretrained_checkpoints,
+            "optim": str(getattr(self.optim, "value", self.optim)),
+            "weight_decay": self.weight_decay,
+            "per_device_train_batch_size": self.per_device_train_batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+        }
+
+
+def _exclusive(args: EnsembleTrainingArguments, *names: str) -> None:
+    given = [n for n in names if getattr(args, n) is not None]
+    if len(given) > 1:
+        raise ValueError(f"Set only one of {', '.join(f'`{n}`' for n in names)}; got {', '.join(given)}.")

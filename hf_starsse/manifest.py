@@ -1,0 +1,127 @@
+"""The on-disk layout of an ensemble run and its manifest (`ensemble.json`).
+
+```
+<run_dir>/
+    ensemble.json                 # EnsembleManifest: strategy, hyper-parameters, members, parents
+    members/member-<i>/           # save_pretrained folder: config.json, model.safetensors, processor files,
+        member.json               # MemberRecord of this member (seed, parent, LR facts, its metrics)
+    checkpoints/member-<i>/       # Trainer checkpoints while member i trains (resumable)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .file_utils import atomic_write_json
+
+MANIFEST_NAME = "ensemble.json"
+MEMBERS_DIR = "members"
+CHECKPOINTS_DIR = "checkpoints"
+MEMBER_INFO_NAME = "member.json"
+FORMAT_VERSION = 1
+
+
+def member_dir(run_dir: str | os.PathLike, index: int) -> Path:
+    """The folder of member `index` in `run_dir`."""
+    return Path(run_dir) / MEMBERS_DIR / f"member-{index}"
+
+
+@dataclass
+class MemberRecord:
+    """What made one member, and how it scored.
+
+    Args:
+        index (`int`): Position in the ensemble (0-based).
+        path (`str`): Folder of the member, relative to the run folder.
+        seed (`int`): Seed of its head init (when it had a fresh head) and data order.
+        parent (`int`, *optional*): Index of the member whose final weights it started from; `None` for members
+            fine-tuned from a pre-trained checkpoint.
+        init_from (`str`): The pre-trained checkpoint, or `member-<parent>`.
+        learning_rate (`float`): Peak learning rate of its training phase.
+        num_steps (`int`): Optimizer steps of its training phase.
+        num_epochs (`float`): Epochs of its training phase.
+        schedule_offset (`int`): Step of the whole-run cyclic schedule at which its phase starts.
+        metrics (`dict`): Its own train / eval metrics.
+    """
+
+    index: int
+    path: str
+    seed: int
+    parent: int | None
+    init_from: str
+    learning_rate: float
+    num_steps: int
+    num_epochs: float
+    schedule_offset: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MemberRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class EnsembleManifest:
+    """The manifest of a run: the strategy, the hyper-parameters that define it, and its finished members.
+
+    Args:
+        strategy (`str`): One of `local_de`, `global_de`, `sse`, `star_sse`.
+        num_members (`int`): Planned ensemble size K.
+        hyperparameters (`dict`): The run-defining settings (learning rates, lengths, seeds, ...).
+        base_models (`list[str]`): Pre-trained checkpoint(s) the run started from.
+        members (`list[MemberRecord]`): Finished members, in index order.
+    """
+
+    strategy: str
+    num_members: int
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    base_models: list[str] = field(default_factory=list)
+    members: list[MemberRecord] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+    library_version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["members"] = [m.to_dict() for m in self.members]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EnsembleManifest:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["members"] = [MemberRecord.from_dict(m) for m in data.get("members", [])]
+        return cls(**kwargs)
+
+    def save(self, run_dir: str | os.PathLike) -> Path:
+        """Write `ensemble.json` into `run_dir` atomically."""
+        path = Path(run_dir) / MANIFEST_NAME
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> EnsembleManifest:
+        """Read `run_dir/ensemble.json` (or a path to the manifest itself)."""
+        path = Path(run_dir)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"No ensemble manifest at {path}: is this an hf_starsse run folder?")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"The ensemble manifest {path} is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    def member_paths(self, run_dir: str | os.PathLike) -> list[Path]:
+        """Absolute folders of the finished members."""
+        return [Path(run_dir) / m.path for m in self.members]
