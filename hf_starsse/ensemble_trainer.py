@@ -1,0 +1,411 @@
+"""`EnsembleTrainer`: a `transformers.Trainer` whose `train()` produces a whole ensemble.
+
+Every member is one training phase of the underlying `Trainer` (fresh optimizer, the phase's slice of the run's
+cyclic schedule, the member's seed). Finished members are written atomically to `output_dir/members/member-<i>/`
+and recorded in `output_dir/ensemble.json`; running the same command again resumes after the last finished member.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, PreTrainedModel, Trainer
+from transformers.trainer_utils import get_last_checkpoint, set_seed
+
+from . import __version__
+from .cyclic_schedule import get_cyclic_cosine_schedule
+from .ensemble_config import EnsembleTrainingArguments
+from .ensemble_plan import MemberPlan, SchedulePlan, plan_members, plan_schedule
+from .file_utils import atomic_directory, atomic_write_json, remove_stale_temporaries
+from .manifest import (
+    CHECKPOINTS_DIR,
+    MANIFEST_NAME,
+    MEMBER_INFO_NAME,
+    MEMBERS_DIR,
+    EnsembleManifest,
+    MemberRecord,
+    member_dir,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EnsembleTrainOutput:
+    """What `EnsembleTrainer.train()` returns.
+
+    Args:
+        run_dir (`str`): The run folder.
+        manifest (`EnsembleManifest`): The manifest after training.
+        trained (`list[int]`): Members trained by this call.
+        skipped (`list[int]`): Members already finished on disk (resumed run).
+        metrics (`dict`): Per-member train metrics of this call, keyed `member-<i>`.
+    """
+
+    run_dir: str
+    manifest: EnsembleManifest
+    trained: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class EnsembleTrainer(Trainer):
+    r"""
+    Trainer for Local DE, Global DE, SSE and StarSSE ensembles of a `PreTrainedModel` classifier.
+
+    Args:
+        model (`PreTrainedModel`, *optional*):
+            The model to fine-tune as member 0 (SSE / StarSSE). Local DE and Global DE need `model_init` instead, so
+            that every member gets its own seeded head.
+        args (`EnsembleTrainingArguments`):
+            The ensemble's arguments.
+        model_init (`Callable`, *optional*):
+            Builds a fresh model from the pre-trained checkpoint; called after seeding with the member's seed, so a
+            new classifier head is initialised per member. Takes no argument, or, for Global DE, the checkpoint to
+            load (`model_init(checkpoint)`).
+        **kwargs:
+            Everything else a `Trainer` takes (`train_dataset`, `eval_dataset`, `processing_class`, `data_collator`,
+            `compute_metrics`, `callbacks`, ...).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | torch.nn.Module | None = None,
+        args: EnsembleTrainingArguments | None = None,
+        model_init: Callable[..., PreTrainedModel] | None = None,
+        **kwargs,
+    ):
+        if not isinstance(args, EnsembleTrainingArguments):
+            raise TypeError(f"`args` should be an `EnsembleTrainingArguments`, got {type(args).__name__}.")
+        strategy = args.ensemble_strategy
+        if model_init is None and model is None:
+            raise ValueError("`EnsembleTrainer` needs `model_init` (or, for SSE / StarSSE, `model`).")
+        if model_init is None and strategy in ("local_de", "global_de"):
+            raise ValueError(
+                f"`model_init` is required for `ensemble_strategy={strategy!r}`: each member is a fresh fine-tuning "
+                "with its own seeded head, which a single `model` cannot give."
+            )
+        if strategy == "global_de":
+            if len(inspect.signature(model_init).parameters) < 1:
+                raise ValueError("`model_init` should take the checkpoint to load as its argument for Global DE.")
+            check_same_architecture(args.pretrained_checkpoints)
+        self._member_init = model_init
+        self._base_model_name = "pretrained"
+        if model is None:
+            set_seed(args.seeds[0])
+            model = self._init_model(args.pretrained_checkpoints[0] if strategy == "global_de" else None)
+        self._base_model_name = _model_name(model) if strategy != "global_de" else args.pretrained_checkpoints[0]
+        super().__init__(model=model, args=args, **kwargs)
+        self._fresh_model_for_member0 = True
+        self._phase: MemberPlan | None = None
+        self._schedule: SchedulePlan | None = None
+        self._parent_states: dict[int, dict[str, torch.Tensor]] = {}
+        self._optimizer_states: dict[int, dict] = {}
+        self._pending_optimizer_state: dict | None = None
+        self._run_output_dir = args.output_dir  # `args.output_dir` points at a member's checkpoints while it trains
+
+    # ----- plan ------------------------------------------------------------------------------------------------
+    def optimizer_steps_per_epoch(self) -> int:
+        """Optimizer steps of one epoch of the training data loader (per process)."""
+        num_batches = len(self.get_train_dataloader())
+        accum = self.args.gradient_accumulation_steps
+        return num_batches // accum + int(num_batches % accum > 0)
+
+    def plan(self) -> list[MemberPlan]:
+        """The phase of every member (parents, seeds, steps, LRs), computed from the data and the arguments."""
+        steps = self.optimizer_steps_per_epoch()
+        self._schedule = plan_schedule(self.args, steps)
+        return plan_members(self.args, steps, base_model=self._base_model_name)
+
+    # ----- the ensemble loop -----------------------------------------------------------------------------------
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+        **kwargs,
+    ) -> EnsembleTrainOutput:
+        """Train every member that is not finished on disk yet.
+
+        Args:
+            resume_from_checkpoint (`bool` or `str`, *optional*):
+                `True` resumes the first unfinished member from its last Trainer checkpoint in
+                `output_dir/checkpoints/member-<i>/` (finished members are always kept and skipped).
+
+        Returns:
+            [`EnsembleTrainOutput`]
+        """
+        args = self.args
+        run_dir = Path(args.output_dir)
+        self._run_output_dir = str(run_dir)
+        plans = self.plan()
+        manifest = self._open_manifest(run_dir)
+        finished = {m.index for m in manifest.members}
+        output = EnsembleTrainOutput(run_dir=str(run_dir), manifest=manifest)
+        if self.args.should_save:
+            remove_stale_temporaries(run_dir / MEMBERS_DIR)
+        self.accelerator.wait_for_everyone()
+        for plan in plans:
+            if plan.index in finished:
+                logger.info(f"member {plan.index}/{args.num_members - 1}: finished on disk, kept as is.")
+                output.skipped.append(plan.index)
+                continue
+            _log_progress(args, plan)
+            metrics = self._train_member(plan, resume_from_checkpoint, trial, ignore_keys_for_eval)
+            record = self._save_member(plan, metrics, manifest)
+            output.trained.append(plan.index)
+            _log_member_done(args, record)
+            output.metrics[f"member-{plan.index}"] = record.metrics
+        self._phase = None
+        return output
+
+    def _train_member(self, plan: MemberPlan, resume_from_checkpoint, trial, ignore_keys_for_eval) -> dict:
+        args = self.args
+        set_seed(plan.seed)
+        self._load_member_start(plan)
+        self._phase = plan
+        self.optimizer, self.lr_scheduler = None, None
+        self.model_wrapped = self.model
+        self._pending_optimizer_state = None
+        if plan.is_cycle and not args.reset_optimizer_each_cycle:
+            self._pending_optimizer_state = self._optimizer_states.get(plan.parent)
+            if self._pending_optimizer_state is None:
+                logger.warning(f"member {plan.index}: parent's optimizer state is not in memory; starting it fresh.")
+        # each member: its own seed for data order, its own length and its own Trainer checkpoint folder
+        self.accelerator.dataloader_config.data_seed = plan.seed
+        saved = {k: getattr(args, k) for k in ("seed", "max_steps", "output_dir")}
+        checkpoint_dir = str(Path(self._run_output_dir) / CHECKPOINTS_DIR / f"member-{plan.index}")
+        try:
+            args.seed, args.max_steps, args.output_dir = plan.seed, plan.num_steps, checkpoint_dir
+            resume = resume_from_checkpoint
+            if resume is True:
+                resume = get_last_checkpoint(checkpoint_dir) if os.path.isdir(checkpoint_dir) else None
+            result = super().train(
+                resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
+            )
+            metrics = dict(result.metrics)
+            if args.evaluate_members and self.eval_dataset is not None:
+                metrics.update(self.evaluate(ignore_keys=ignore_keys_for_eval))
+        finally:
+            for k, v in saved.items():
+                setattr(args, k, v)
+        if not args.reset_optimizer_each_cycle:
+            self._optimizer_states[plan.index] = _to_cpu(self.optimizer.state_dict())
+        return metrics
+
+    def _load_member_start(self, plan: MemberPlan) -> None:
+        """Put the member's starting weights into `self.model`."""
+        if plan.parent is None:
+            if plan.index == 0 and self._fresh_model_for_member0:
+                pass  # the model built in __init__ (seeded with member 0's seed, or the user's `model`)
+            else:
+                self.model = self._init_model(plan.init_from if self.args.ensemble_strategy == "global_de" else None)
+                if self.place_model_on_device:
+                    self._move_model_to_device(self.model, self.args.device)
+            self._fresh_model_for_member0 = False
+            return
+        self._fresh_model_for_member0 = False
+        model = self.accelerator.unwrap_model(self.model)
+        state = self._parent_states.get(plan.parent)
+        if state is None:  # resumed run: the parent is on disk (from_pretrained maps saved key names back)
+            state = type(model).from_pretrained(member_dir(self._run_output_dir, plan.parent)).state_dict()
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if not _is_tied(model, k)]:
+            raise ValueError(
+                f"member {plan.index}: the weights of member {plan.parent} do not fit the model "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})."
+            )
+
+    def _init_model(self, checkpoint: str | None) -> PreTrainedModel:
+        init = self._member_init
+        model = init(checkpoint) if checkpoint is not None else init()
+        if model is None:
+            raise ValueError("`model_init` returned None.")
+        return model
+
+    # ----- schedule and optimizer --------------------------------------------------------------------------------
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self._phase is None or self._schedule is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            s = self._schedule
+            self.lr_scheduler = get_cyclic_cosine_schedule(
+                optimizer if optimizer is not None else self.optimizer,
+                num_first_steps=s.num_first_steps,
+                num_cycle_steps=s.num_cycle_steps,
+                num_cycles=s.num_cycles,
+                cycle_lr_ratio=s.cycle_lr_ratio,
+                num_first_warmup_steps=s.num_first_warmup_steps,
+                num_cycle_warmup_steps=s.num_cycle_warmup_steps,
+                step_offset=self._phase.schedule_offset,
+            )
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        if self._pending_optimizer_state is not None:
+            optimizer.load_state_dict(self._pending_optimizer_state)
+            self._pending_optimizer_state = None
+        return optimizer
+
+    # ----- saving ------------------------------------------------------------------------------------------------
+    def _save_member(self, plan: MemberPlan, metrics: dict, manifest: EnsembleManifest) -> MemberRecord:
+        run_dir = Path(self._run_output_dir)
+        record = MemberRecord(
+            index=plan.index,
+            path=f"{MEMBERS_DIR}/member-{plan.index}",
+            seed=plan.seed,
+            parent=plan.parent,
+            init_from=plan.init_from,
+            learning_rate=plan.peak_learning_rate,
+            num_steps=plan.num_steps,
+            num_epochs=plan.num_epochs,
+            schedule_offset=plan.schedule_offset,
+            metrics=_jsonable(metrics),
+        )
+        state_dict = self.accelerator.get_state_dict(self.model_wrapped)  # collective under FSDP / DeepSpeed
+        if self._keeps_parent_state(plan.index):
+            self._parent_states = {plan.index: _to_cpu(self.accelerator.unwrap_model(self.model).state_dict())}
+        if self.args.should_save:
+            model = self.accelerator.unwrap_model(self.model)
+            with atomic_directory(member_dir(run_dir, plan.index)) as tmp:
+                model.save_pretrained(tmp, state_dict=state_dict)
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(tmp)
+                atomic_write_json(tmp / MEMBER_INFO_NAME, record.to_dict())
+            manifest.members = sorted([*manifest.members, record], key=lambda m: m.index)
+            manifest.save(run_dir)
+            shutil.rmtree(run_dir / CHECKPOINTS_DIR / f"member-{plan.index}", ignore_errors=True)
+        else:
+            manifest.members = sorted([*manifest.members, record], key=lambda m: m.index)
+        self.accelerator.wait_for_everyone()
+        logger.info(f"member {plan.index}: saved to {member_dir(run_dir, plan.index)}")
+        return record
+
+    def _keeps_parent_state(self, index: int) -> bool:
+        strategy = self.args.ensemble_strategy
+        return (strategy == "star_sse" and index == 0) or strategy == "sse"
+
+    def _open_manifest(self, run_dir: Path) -> EnsembleManifest:
+        """Load the run's manifest (resume) after checking it describes the same ensemble, or start a new one."""
+        hparams = _jsonable(self.args.ensemble_hyperparameters())
+        base_models = (
+            list(self.args.pretrained_checkpoints)
+            if self.args.ensemble_strategy == "global_de"
+            else [self._base_model_name]
+        )
+        if (run_dir / MANIFEST_NAME).is_file():
+            manifest = EnsembleManifest.load(run_dir)
+            diff = [k for k in hparams if manifest.hyperparameters.get(k) != hparams[k]]
+            if diff:
+                details = ", ".join(f"`{k}`: {manifest.hyperparameters.get(k)!r} on disk vs {hparams[k]!r}" for k in diff)
+                raise ValueError(
+                    f"`output_dir` {run_dir} holds a run with other settings ({details}); use another `output_dir` "
+                    "or the same settings to resume it."
+                )
+            for m in manifest.members:
+                if not (run_dir / m.path / MEMBER_INFO_NAME).is_file():
+                    raise ValueError(f"The manifest lists member {m.index} but {run_dir / m.path} is missing.")
+            return manifest
+        orphans = sorted(p.name for p in (run_dir / MEMBERS_DIR).glob("member-*")) if run_dir.is_dir() else []
+        if orphans:
+            raise ValueError(f"`output_dir` {run_dir} holds members ({', '.join(orphans)}) but no {MANIFEST_NAME}.")
+        manifest = EnsembleManifest(
+            strategy=self.args.ensemble_strategy,
+            num_members=self.args.num_members,
+            hyperparameters=hparams,
+            base_models=base_models,
+            library_version=__version__,
+        )
+        if self.args.should_save:
+            manifest.save(run_dir)
+        return manifest
+
+
+def check_same_architecture(checkpoints: list[str]) -> None:
+    """Raise if the Global DE checkpoints are not all of one architecture (compared through their configs)."""
+    reference = None
+    for checkpoint in checkpoints:
+        try:
+            config = AutoConfig.from_pretrained(checkpoint)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"`pretrained_checkpoints`: cannot load the config of {checkpoint!r}: {err}") from None
+        signature = (config.model_type, getattr(config, "architecture", None), _shape_signature(config))
+        if reference is None:
+            reference = (checkpoint, signature)
+        elif signature != reference[1]:
+            raise ValueError(
+                f"`pretrained_checkpoints` should share one architecture: {checkpoint!r} is {signature[:2]}, "
+                f"{reference[0]!r} is {reference[1][:2]} (or their sizes differ)."
+            )
+
+
+def _shape_signature(config) -> tuple:
+    keys = ("hidden_size", "hidden_sizes", "depths", "num_hidden_layers", "embedding_size", "image_size", "patch_size")
+    return tuple(str(getattr(config, k, None)) for k in keys)
+
+
+def _model_name(model: torch.nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", "") or type(model).__name__
+
+
+def _is_tied(model: torch.nn.Module, key: str) -> bool:
+    tied = getattr(model, "_tied_weights_keys", None) or []
+    return any(key.endswith(t) or t in key for t in (tied if isinstance(tied, (list, tuple)) else list(tied)))
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def _jsonable(data: dict) -> dict:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (list, tuple)):
+            out[k] = [x if isinstance(x, (str, int, float, bool)) or x is None else str(x) for x in v]
+        elif hasattr(v, "item"):
+            out[k] = v.item()
+        else:
+            out[k] = str(v)
+    return out
+
+
+def _log_member_done(args: EnsembleTrainingArguments, record: MemberRecord) -> None:
+    shown = {k: v for k, v in record.metrics.items() if k in ("train_loss", "train_runtime") or k.startswith("eval_")}
+    shown = {k: v for k, v in shown.items() if "per_second" not in k}
+    message = f"[hf_starsse] member {record.index + 1}/{args.num_members} saved: " + ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()
+    )
+    logger.info(message)
+    if args.should_log:
+        print(message, flush=True)
+
+
+def _log_progress(args: EnsembleTrainingArguments, plan: MemberPlan) -> None:
+    message = (
+        f"[hf_starsse] {args.ensemble_strategy} member {plan.index + 1}/{args.num_members}: from {plan.init_from}, "
+        f"seed {plan.seed}, {plan.num_steps} steps ({plan.num_epochs:.2g} epochs), peak LR {plan.peak_learning_rate:.3g}"
+    )
+    logger.info(message)
+    if args.should_log:
+        print(message, flush=True)
