@@ -1,7 +1,7 @@
 """An ensemble of image classifiers as one `PreTrainedModel`: averaged softmax probabilities, `pipeline`-ready.
 
 ```python
-from transformers import AutoImageProcessor, pipeline
+from transformers import pipeline
 from hf_starsse.modeling_ensemble import EnsembleForImageClassification
 
 ensemble = EnsembleForImageClassification.from_pretrained("user/my-star-sse-run")  # a Hub repo or a run folder
@@ -11,7 +11,8 @@ classifier = pipeline("image-classification", model=ensemble, image_processor=en
 `from_pretrained` accepts an `hf_starsse` run folder or a repository pushed by `hf_starsse.hub.push_to_hub` (both
 hold `ensemble.json` and `members/member-<i>/`), and also a folder written by `EnsembleForImageClassification.
 save_pretrained` (a `config.json` of model type `hf_starsse_ensemble` + one safetensors file with every member), which
-`AutoModelForImageClassification` and `pipeline("image-classification", model=folder)` load after `import hf_starsse`.
+`AutoModelForImageClassification` and `pipeline("image-classification", model=folder)` load once this module is
+imported (it registers `EnsembleConfig` / `EnsembleForImageClassification` with the Auto classes).
 """
 
 from __future__ import annotations

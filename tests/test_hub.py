@@ -278,3 +278,22 @@ class _Args:
         self.hub_private_repo = False
         self.should_save = True
         self.__dict__.update(kwargs)
+
+
+def test_private_repo_needs_the_token_to_download(hub, run_dir, tmp_path):
+    push_to_hub(run_dir, REPO, token=HUB_TOKEN, endpoint=hub.url, private=True)
+    assert hub.store.meta("model", REPO)["private"] is True
+    with pytest.raises(OSError):
+        AutoModelForImageClassification.from_pretrained(REPO, cache_dir=tmp_path / "anonymous")
+    soup = AutoModelForImageClassification.from_pretrained(REPO, cache_dir=tmp_path / "owner", token=HUB_TOKEN)
+    assert soup.config.num_labels == 4
+
+
+def test_a_recalibrated_soup_folder_in_the_run_is_published_as_is(hub, run_dir):
+    soup_dir = run_dir / "soup"
+    shutil.copytree(run_dir / "members" / "member-2", soup_dir)
+    (soup_dir / "member.json").unlink()
+    push_to_hub(run_dir, REPO, token=HUB_TOKEN, endpoint=hub.url)
+    files = hub.files(REPO)
+    assert files["model.safetensors"] == (soup_dir / "model.safetensors").read_bytes()
+    assert files["config.json"] == (soup_dir / "config.json").read_bytes()
