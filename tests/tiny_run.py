@@ -1,0 +1,133 @@
+"""Build a tiny ensemble run folder without the trainer (members + manifest), for tests.
+
+The lead can swap `make_tiny_run` for a real `EnsembleTrainer` run: the layout is the same.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+from hf_starsse.file_utils import atomic_write_json
+from hf_starsse.manifest import EnsembleManifest, MemberRecord, member_dir
+
+NUM_LABELS = 4
+IMAGE_SIZE = 16
+
+
+def tiny_vit(seed: int) -> ViTForImageClassification:
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=NUM_LABELS,
+        id2label={i: f"class_{i}" for i in range(NUM_LABELS)},
+        label2id={f"class_{i}": i for i in range(NUM_LABELS)},
+    )
+    return ViTForImageClassification(config)
+
+
+def tiny_image_processor() -> ViTImageProcessor:
+    return ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+
+
+def _train_a_little(model: ViTForImageClassification, seed: int, steps: int = 3, lr: float = 0.5) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    y = torch.randint(0, NUM_LABELS, (8,), generator=generator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(pixel_values=x, labels=y).loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+def make_tiny_run(
+    run_dir: str | os.PathLike, num_members: int = 3, strategy: str = "star_sse", with_eval: bool = True
+) -> Path:
+    """A StarSSE-shaped run: member 0 trained from a random "pre-trained" ViT, members 1.. start from member 0."""
+    run_dir = Path(run_dir)
+    processor = tiny_image_processor()
+    base = tiny_vit(seed=0)
+    records = []
+    member0_state = None
+    for i in range(num_members):
+        model = tiny_vit(seed=0)
+        if member0_state is None:
+            model.load_state_dict(base.state_dict())
+        else:
+            model.load_state_dict(member0_state)
+        _train_a_little(model, seed=100 + i)
+        if i == 0:
+            member0_state = {k: v.clone() for k, v in model.state_dict().items()}
+        folder = member_dir(run_dir, i)
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        record = MemberRecord(
+            index=i,
+            path=f"members/member-{i}",
+            seed=42 + i,
+            parent=None if i == 0 else 0,
+            init_from="tiny-random-vit" if i == 0 else "member-0",
+            learning_rate=0.5,
+            num_steps=3,
+            num_epochs=1.0,
+            schedule_offset=3 * i,
+            metrics={"eval_accuracy": 0.25 + 0.05 * i, "eval_loss": 1.3 - 0.01 * i},
+        )
+        atomic_write_json(folder / "member.json", record.to_dict())
+        records.append(record)
+    manifest = EnsembleManifest(
+        strategy=strategy,
+        num_members=num_members,
+        hyperparameters={
+            "learning_rate": 0.5,
+            "num_train_epochs": 1,
+            "cycle_lr_ratio": 1.0,
+            "cycle_epoch_ratio": 1.0,
+            "per_device_train_batch_size": 8,
+            "seed": 42,
+            "dataset_name": "tiny-random",
+        },
+        base_models=["tiny-random-vit"],
+        members=records,
+        library_version="0.1.0.dev0",
+    )
+    manifest.save(run_dir)
+    if with_eval:
+        atomic_write_json(
+            run_dir / "eval.json",
+            {
+                "dataset": "tiny-random",
+                "split": "test",
+                "ensemble": {"accuracy": 0.4, "nll": 1.2, "ece": 0.05},
+                "soup": {"accuracy": 0.375, "nll": 1.25},
+                "members": [{"accuracy": 0.25 + 0.05 * i, "nll": 1.3} for i in range(num_members)],
+                "by_size": [
+                    {"k": k, "ensemble": {"accuracy": 0.25 + 0.05 * k}, "soup": {"accuracy": 0.25 + 0.04 * k}}
+                    for k in range(1, num_members + 1)
+                ],
+            },
+        )
+        plots = run_dir / "plots"
+        plots.mkdir(exist_ok=True)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([1, 2, 3], [0.3, 0.35, 0.4])
+        fig.savefig(plots / "accuracy_vs_size.png")
+        plt.close(fig)
+    return run_dir
