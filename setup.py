@@ -15,6 +15,7 @@ _deps = [
     "matplotlib",
     "tqdm",
     "pyyaml",
+    "jinja2",
 ]
 extras = {
     "ood": ["imagecorruptions"],
@@ -30,8 +31,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["hf_starsse", "hf_starsse.*"]),
-    package_data={"hf_starsse": ["py.typed"]},
+    # the top-level model_cards/ folder (card templates) installs as the resource package `hf_starsse.model_cards`
+    packages=[*find_packages(include=["hf_starsse", "hf_starsse.*"]), "hf_starsse.model_cards"],
+    package_dir={"hf_starsse.model_cards": "model_cards"},
+    package_data={"hf_starsse": ["py.typed"], "hf_starsse.model_cards": ["*.md"]},
     install_requires=_deps,
     extras_require=extras,
     entry_points={"console_scripts": ["hf-starsse=hf_starsse.cli:main"]},

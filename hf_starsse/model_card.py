@@ -1,4 +1,4 @@
-"""Model cards of published ensembles, rendered from the Jinja templates in `hf_starsse/model_cards/` with
+"""Model cards of published ensembles, rendered from the Jinja templates in `model_cards/` with
 `huggingface_hub.ModelCard.from_template`.
 
 The YAML metadata holds `library_name`, `base_model`, `datasets`, `tags` (with the strategy), `license`,
@@ -18,6 +18,7 @@ The evaluation JSON is read leniently (the evaluation report may grow); what is 
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 import os
 import re
@@ -29,7 +30,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .manifest import EnsembleManifest
 
-TEMPLATES_DIR = Path(__file__).parent / "model_cards"
+TEMPLATES_DIR = Path(str(importlib.resources.files("hf_starsse.model_cards")))
 ENSEMBLE_TEMPLATE = TEMPLATES_DIR / "ensemble_card.md"
 MEMBER_TEMPLATE = TEMPLATES_DIR / "member_card.md"
 PAPER_ARXIV_ID = "2303.03374"
@@ -162,7 +163,7 @@ def build_model_card(
         endpoint (`str`, *optional*):
             Hub URL used for links (defaults to `https://huggingface.co`).
         template_path (`str` or `os.PathLike`, *optional*):
-            A custom Jinja template; defaults to `hf_starsse/model_cards/ensemble_card.md`.
+            A custom Jinja template; defaults to `model_cards/ensemble_card.md`.
 
     Returns:
         `huggingface_hub.ModelCard`: the card; `str(card)` is the README.md text.
