@@ -11,8 +11,10 @@ from .ensemble_config import ENSEMBLE_STRATEGIES, EnsembleTrainingArguments  # n
 from .ensemble_plan import MemberPlan, describe_plan, plan_members  # noqa: E402
 from .ensemble_trainer import EnsembleTrainer, EnsembleTrainOutput  # noqa: E402
 from .manifest import EnsembleManifest, MemberRecord, member_dir  # noqa: E402
+from .modeling_clip_classifier import CLIPVisionForImageClassification  # noqa: E402  (registers it with the Auto classes)
 
 __all__ = [
+    "CLIPVisionForImageClassification",
     "ENSEMBLE_STRATEGIES",
     "EnsembleManifest",
     "EnsembleTrainOutput",

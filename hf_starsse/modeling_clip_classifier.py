@@ -53,8 +53,6 @@ class CLIPVisionForImageClassification(CLIPPreTrainedModel):
         return ImageClassifierOutput(loss=loss, logits=logits)
 
 
-# `AutoModelForImageClassification.from_pretrained(member_dir)` loads saved members of this class.
-try:
-    AutoModelForImageClassification.register(CLIPVisionConfig, CLIPVisionForImageClassification)
-except ValueError:  # already registered (module reloaded)
-    pass
+# `AutoModelForImageClassification.from_pretrained(member_dir)` (and pipelines) load saved members of this class once
+# `hf_starsse` is imported. `exist_ok`: `CLIPVisionConfig` is a known config of other auto classes.
+AutoModelForImageClassification.register(CLIPVisionConfig, CLIPVisionForImageClassification, exist_ok=True)

@@ -388,8 +388,6 @@ def cli_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         return main(argv, prog)
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
-        print(
-            f"{prog or 'train'}: error: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}",
-            file=sys.stderr,
-        )
+        lines = str(err).strip().splitlines()
+        print(f"{prog or 'train'}: error: {lines[0] if lines else repr(err)}", file=sys.stderr)
         return 1
