@@ -272,8 +272,15 @@ def _accuracy(eval_pred) -> dict[str, float]:
     return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
 
 
-def run_training(model_args: ModelArguments, data_args: DataArguments, args: EnsembleTrainingArguments):
-    """Load data and model, train the ensemble, and record the launch (processes, who saved) in `launch.json`."""
+def run_training(model_args: ModelArguments, data_args: DataArguments, args: EnsembleTrainingArguments, dataset=None):
+    """Load data and model, train the ensemble, and record the launch (processes, who saved) in `launch.json`.
+
+    Args:
+        model_args ([`ModelArguments`]), data_args ([`DataArguments`]), args ([`EnsembleTrainingArguments`]):
+            The parsed arguments.
+        dataset (`Dataset` or `DatasetDict`, *optional*):
+            An in-memory dataset to use instead of `data_args.dataset_name` (Python API).
+    """
     from transformers import AutoImageProcessor
 
     from .data import (
@@ -287,7 +294,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Ens
     from .model_loading import load_global_de_member, make_model_init
 
     args.remove_unused_columns = False  # the lazy transforms need the raw image / label columns
-    data = load_image_dataset(data_args.dataset_name, **_dataset_kwargs(data_args, args.seed, model_args.cache_dir))
+    source = dataset if dataset is not None else data_args.dataset_name
+    data = load_image_dataset(source, **_dataset_kwargs(data_args, args.seed, model_args.cache_dir))
     if model_args.num_labels is not None:
         check_num_labels(data, model_args.num_labels, where="`num_labels`")
     if data_args.max_train_samples is not None:

@@ -69,6 +69,9 @@ def test_lazy_transforms_follow_the_processor(tmp_path):
     by_hand = (torch.from_numpy(np.array(image)[1:17, 1:17]).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
     assert torch.allclose(batch["pixel_values"][0], by_hand, atol=0.02)
     assert splits["train"].column_names == data.splits["train"].column_names + ["__hf_starsse_index__"]
+    # timm checkpoints: the TimmWrapper processor's timm data config
+    timm_spec = image_spec_from_processor(AutoImageProcessor.from_pretrained(make_checkpoint(tmp_path / "t", "timm")))
+    assert (timm_spec.size, timm_spec.crop_pct, timm_spec.interpolation) == (160, 0.95, "bilinear")
 
 
 def _one_line_error(capsys, argv):
@@ -80,6 +83,16 @@ def _one_line_error(capsys, argv):
     errors = [line for line in lines if "error" in line.lower() or "Traceback" in line]
     assert errors == [lines[-1]] and lines[-1].startswith("hf-starsse train: error: "), lines[-5:]
     return lines[-1]
+
+
+def test_run_training_takes_an_in_memory_dataset(tmp_path):
+    from hf_starsse.train_entry import parse_arguments, run_training
+
+    checkpoint = make_checkpoint(tmp_path / "resnet", "resnet")
+    argv = ["--model_name_or_path", checkpoint, "--dataset_name", "in-memory", "--output_dir", str(tmp_path / "run")]
+    model_args, data_args, args, _ = parse_arguments([*argv, *TINY_RUN, "--ensemble_strategy", "local_de"])
+    output = run_training(model_args, data_args, args, dataset=make_dataset_dict(16, 8, with_validation=True))
+    assert output.trained == [0, 1] and EnsembleManifest.load(tmp_path / "run").strategy == "local_de"
 
 
 def test_wrong_column_is_one_line(tmp_path, capsys):
