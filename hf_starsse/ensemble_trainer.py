@@ -105,6 +105,9 @@ class EnsembleTrainer(Trainer):
             set_seed(args.seeds[0])
             model = self._init_model(args.pretrained_checkpoints[0] if strategy == "global_de" else None)
         self._base_model_name = _model_name(model) if strategy != "global_de" else args.pretrained_checkpoints[0]
+        # `push_to_hub` publishes the whole run once at the end (hf_starsse.hub), not each member's checkpoints
+        self._push_run_at_end = bool(args.push_to_hub)
+        args.push_to_hub = False
         super().__init__(model=model, args=args, **kwargs)
         self._fresh_model_for_member0 = True
         self._phase: MemberPlan | None = None
@@ -167,7 +170,19 @@ class EnsembleTrainer(Trainer):
             _log_member_done(args, record)
             output.metrics[f"member-{plan.index}"] = record.metrics
         self._phase = None
+        if self._push_run_at_end:
+            self._push_run(run_dir)
         return output
+
+    def _push_run(self, run_dir: Path) -> None:
+        from .hub import push_run_if_requested
+
+        self.args.push_to_hub = True
+        try:
+            push_run_if_requested(self.args, run_dir)
+        finally:
+            self.args.push_to_hub = False
+        self.accelerator.wait_for_everyone()
 
     def _train_member(self, plan: MemberPlan, resume_from_checkpoint, trial, ignore_keys_for_eval) -> dict:
         args = self.args

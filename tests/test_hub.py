@@ -297,3 +297,32 @@ def test_a_recalibrated_soup_folder_in_the_run_is_published_as_is(hub, run_dir):
     files = hub.files(REPO)
     assert files["model.safetensors"] == (soup_dir / "model.safetensors").read_bytes()
     assert files["config.json"] == (soup_dir / "config.json").read_bytes()
+
+
+def test_ensemble_trainer_push_to_hub_publishes_the_run_at_the_end(hub, tmp_path):
+    from ensemble_fixtures import make_image_dataset, make_pretrained, model_init_for
+
+    from hf_starsse import EnsembleTrainer, EnsembleTrainingArguments
+
+    args = EnsembleTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        ensemble_strategy="star_sse",
+        num_members=2,
+        num_train_epochs=1,
+        per_device_train_batch_size=8,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        push_to_hub=True,
+        hub_model_id="alice/trained-run",
+        hub_token=HUB_TOKEN,
+    )
+    EnsembleTrainer(
+        model_init=model_init_for(make_pretrained(tmp_path / "p")), args=args, train_dataset=make_image_dataset(16)
+    ).train()
+    files = set(hub.files("alice/trained-run"))
+    assert {"model.safetensors", "ensemble.json", "README.md", "members/member-1/model.safetensors"} <= files
+    assert hub.commit_count("alice/trained-run") == 2  # the repo's first commit + the run, not per-member pushes
+    for path in (tmp_path / "run").rglob("*"):
+        assert not path.is_file() or HUB_TOKEN.encode() not in path.read_bytes()
