@@ -46,6 +46,10 @@ class EnsembleTrainingArguments(TrainingArguments):
             One seed per member (head init of fresh heads + data order). Defaults to `seed + i` for member i.
         pretrained_checkpoints (`list[str]`, *optional*):
             Global DE only: one independently pre-trained checkpoint (Hub id or folder) per member.
+        member_parallel (`bool`, *optional*, defaults to `False`):
+            Under `accelerate launch --num_processes N`, each process trains its own independent members (StarSSE
+            members 1..K-1 after a data-parallel member 0; every Local / Global DE member), assigned round-robin,
+            with no gradient all-reduce between them. The default trains each member data-parallel.
         evaluate_members (`bool`, *optional*, defaults to `True`):
             Evaluate each member on `eval_dataset` (when given) before it is saved; the metrics go into its
             `member.json`.
@@ -92,6 +96,13 @@ class EnsembleTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Global DE: one independently pre-trained checkpoint (Hub id or folder) per member."},
     )
+    member_parallel: bool = field(
+        default=False,
+        metadata={
+            "help": "Under `accelerate launch --num_processes N`, give each process its own independent members "
+            "(StarSSE members 1..K-1, all Local / Global DE members; round-robin) instead of data-parallel members."
+        },
+    )
     evaluate_members: bool = field(
         default=True,
         metadata={"help": "Evaluate each member on `eval_dataset` before saving it (metrics go to member.json)."},
@@ -129,6 +140,11 @@ class EnsembleTrainingArguments(TrainingArguments):
                 )
             if len(set(self.member_seeds)) != len(self.member_seeds) and self.ensemble_strategy != "global_de":
                 raise ValueError(f"`member_seeds` should be distinct, got {self.member_seeds}.")
+        if self.member_parallel and self.ensemble_strategy == "sse":
+            raise ValueError(
+                "`member_parallel` needs independent members (star_sse, local_de, global_de); SSE members are "
+                "sequential by definition."
+            )
         if self.ensemble_strategy == "global_de":
             if not self.pretrained_checkpoints:
                 raise ValueError("`pretrained_checkpoints` is required for `ensemble_strategy='global_de'`.")
