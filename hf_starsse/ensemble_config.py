@@ -115,7 +115,8 @@ class EnsembleTrainingArguments(TrainingArguments):
     def _validate_ensemble_fields(self) -> None:
         if self.ensemble_strategy not in ENSEMBLE_STRATEGIES:
             raise ValueError(
-                f"`ensemble_strategy` should be one of {', '.join(ENSEMBLE_STRATEGIES)}, got {self.ensemble_strategy!r}."
+                f"`ensemble_strategy` should be one of {', '.join(ENSEMBLE_STRATEGIES)}, "
+                f"got {self.ensemble_strategy!r}."
             )
         if not isinstance(self.num_members, int) or self.num_members < 1:
             raise ValueError(f"`num_members` should be a positive integer, got {self.num_members!r}.")
@@ -136,7 +137,8 @@ class EnsembleTrainingArguments(TrainingArguments):
         if self.member_seeds is not None:
             if len(self.member_seeds) != self.num_members:
                 raise ValueError(
-                    f"`member_seeds` should hold one seed per member ({self.num_members}), got {len(self.member_seeds)}."
+                    f"`member_seeds` should hold one seed per member ({self.num_members}), "
+                    f"got {len(self.member_seeds)}."
                 )
             if len(set(self.member_seeds)) != len(self.member_seeds) and self.ensemble_strategy != "global_de":
                 raise ValueError(f"`member_seeds` should be distinct, got {self.member_seeds}.")
@@ -163,7 +165,11 @@ class EnsembleTrainingArguments(TrainingArguments):
     @property
     def seeds(self) -> list[int]:
         """The seed of each member."""
-        return list(self.member_seeds) if self.member_seeds is not None else [self.seed + i for i in range(self.num_members)]
+        return (
+            list(self.member_seeds)
+            if self.member_seeds is not None
+            else [self.seed + i for i in range(self.num_members)]
+        )
 
     @property
     def resolved_cycle_lr_ratio(self) -> float:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,7 +259,9 @@ class EnsembleTrainer(Trainer):
             _log_member_done(args, record, force=True)
         self.accelerator.wait_for_everyone()
         records = [
-            MemberRecord.from_dict(json.loads((member_dir(self._run_output_dir, p.index) / MEMBER_INFO_NAME).read_text()))
+            MemberRecord.from_dict(
+                json.loads((member_dir(self._run_output_dir, p.index) / MEMBER_INFO_NAME).read_text())
+            )
             for p in pending
         ]
         manifest.members = sorted([*manifest.members, *records], key=lambda m: m.index)
@@ -377,7 +378,9 @@ class EnsembleTrainer(Trainer):
             manifest = EnsembleManifest.load(run_dir)
             diff = [k for k in hparams if manifest.hyperparameters.get(k) != hparams[k]]
             if diff:
-                details = ", ".join(f"`{k}`: {manifest.hyperparameters.get(k)!r} on disk vs {hparams[k]!r}" for k in diff)
+                details = ", ".join(
+                    f"`{k}`: {manifest.hyperparameters.get(k)!r} on disk vs {hparams[k]!r}" for k in diff
+                )
                 raise ValueError(
                     f"`output_dir` {run_dir} holds a run with other settings ({details}); use another `output_dir` "
                     "or the same settings to resume it."
@@ -472,7 +475,8 @@ def _log_member_done(args: EnsembleTrainingArguments, record: MemberRecord, forc
 def _log_progress(args: EnsembleTrainingArguments, plan: MemberPlan, force: bool = False) -> None:
     message = (
         f"[hf_starsse] {args.ensemble_strategy} member {plan.index + 1}/{args.num_members}: from {plan.init_from}, "
-        f"seed {plan.seed}, {plan.num_steps} steps ({plan.num_epochs:.2g} epochs), peak LR {plan.peak_learning_rate:.3g}"
+        f"seed {plan.seed}, {plan.num_steps} steps ({plan.num_epochs:.2g} epochs), "
+        f"peak LR {plan.peak_learning_rate:.3g}"
     )
     logger.info(message)
     if args.should_log or force:

@@ -94,7 +94,11 @@ def test_star_sse_members_start_from_member0_and_end_different(tmp_path, family)
     finals = [_saved(run, i) for i in range(3)]
     for i in range(3):
         for j in range(i + 1, 3):
-            diff = max((finals[i][k].float() - finals[j][k].float()).abs().max().item() for k in member0 if _is_float(member0[k]))
+            diff = max(
+                (finals[i][k].float() - finals[j][k].float()).abs().max().item()
+                for k in member0
+                if _is_float(member0[k])
+            )
             assert diff > 1e-4, f"members {i} and {j} are identical"
     manifest = EnsembleManifest.load(run)
     assert [m.parent for m in manifest.members] == [None, 0, 0]

@@ -41,7 +41,9 @@ def test_two_processes_train_their_own_star_sse_members(tmp_path):
     base = make_pretrained(tmp_path / "pretrained")
     run = tmp_path / "run"
     _launch(tmp_path, base, run, "star_sse", 5, "--member-parallel")
-    reports = sorted((json.loads((run / f"process-{r}.json").read_text()) for r in range(2)), key=lambda r: r["process_index"])
+    reports = sorted(
+        (json.loads((run / f"process-{r}.json").read_text()) for r in range(2)), key=lambda r: r["process_index"]
+    )
     assert [r["world_size"] for r in reports] == [2, 2]  # really two processes
     # member 0 is data-parallel on both processes; members 1..4 are split round-robin, each trained by one process
     assert reports[0]["trained"] == [0, 1, 3] and reports[1]["trained"] == [0, 2, 4]
@@ -60,7 +62,9 @@ def test_two_processes_split_all_local_de_members(tmp_path):
     base = make_pretrained(tmp_path / "pretrained")
     run = tmp_path / "run"
     _launch(tmp_path, base, run, "local_de", 4, "--member-parallel")
-    reports = sorted((json.loads((run / f"process-{r}.json").read_text()) for r in range(2)), key=lambda r: r["process_index"])
+    reports = sorted(
+        (json.loads((run / f"process-{r}.json").read_text()) for r in range(2)), key=lambda r: r["process_index"]
+    )
     assert [r["world_size"] for r in reports] == [2, 2]
     assert reports[0]["trained"] == [0, 2] and reports[1]["trained"] == [1, 3]  # each process only its own
     assert [r["trainer_steps"] for r in reports] == [0, 0]  # no data-parallel phase at all
