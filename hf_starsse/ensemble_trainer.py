@@ -220,8 +220,8 @@ class EnsembleTrainer(Trainer):
         finally:
             for k, v in saved.items():
                 setattr(args, k, v)
-        if not args.reset_optimizer_each_cycle:
-            self._optimizer_states[plan.index] = _to_cpu(self.optimizer.state_dict())
+        if not args.reset_optimizer_each_cycle and self._keeps_parent_state(plan.index):
+            self._optimizer_states = {plan.index: _to_cpu(self.optimizer.state_dict())}
         return metrics
 
     def _is_independent(self, plan: MemberPlan) -> bool:
