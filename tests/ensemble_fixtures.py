@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hf_starsse  # noqa: F401  (first: makes torchvision importable on CPU-only torch)
+
 import hashlib
 from functools import partial
 from pathlib import Path
@@ -15,8 +17,6 @@ from transformers import (
     ViTConfig,
     ViTForImageClassification,
 )
-
-import hf_starsse  # noqa: F401  (first: makes torchvision importable on CPU-only torch)
 
 IMAGE_SIZE = 16
 NUM_LABELS = 4

@@ -1,15 +1,15 @@
 """The offline demo's parts: real ImageNet weights converted correctly, real digits data, the command end to end."""
 
+from hf_starsse.cli import main as cli_main
+from hf_starsse.digits import load_digits_dataset
+from hf_starsse.efficientnet_lite0 import build_efficientnet_lite0_checkpoint
+
 import json
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-from hf_starsse.cli import main as cli_main
-from hf_starsse.digits import load_digits_dataset
-from hf_starsse.efficientnet_lite0 import build_efficientnet_lite0_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """Bad arguments fail before training naming the field; failures and interruptions never lose finished members."""
 
+from hf_starsse import EnsembleManifest, EnsembleTrainer, EnsembleTrainingArguments
+
 import json
 import os
 import subprocess
@@ -10,8 +12,6 @@ from pathlib import Path
 import pytest
 from ensemble_fixtures import file_digests, global_model_init, make_image_dataset, make_pretrained, model_init_for
 from transformers import TrainerCallback
-
-from hf_starsse import EnsembleManifest, EnsembleTrainer, EnsembleTrainingArguments
 
 COMMON = dict(report_to="none", save_strategy="no", disable_tqdm=True, logging_strategy="no", use_cpu=True)
 

@@ -1,5 +1,8 @@
 """EnsembleTrainer semantics (DESIGN.md): who starts from what, seeds, the LR schedule, optimizer resets, saving."""
 
+from hf_starsse import EnsembleManifest, EnsembleTrainer, EnsembleTrainingArguments, member_dir
+from hf_starsse.cyclic_schedule import _get_cyclic_cosine_lr_lambda
+
 import json
 import math
 
@@ -7,9 +10,6 @@ import pytest
 import torch
 from ensemble_fixtures import global_model_init, make_image_dataset, make_pretrained, model_init_for
 from transformers import AutoModelForImageClassification, TrainerCallback
-
-from hf_starsse import EnsembleManifest, EnsembleTrainer, EnsembleTrainingArguments, member_dir
-from hf_starsse.cyclic_schedule import _get_cyclic_cosine_lr_lambda
 
 LR = 0.05
 

@@ -1,6 +1,13 @@
 """Publishing to the Hub and loading back, against a local Hub-compatible server (tests/hub_server.py) with the real
 `huggingface_hub` client and `transformers` loaders (no mocks)."""
 
+from hf_starsse.cli import main as cli_main
+from hf_starsse.file_utils import atomic_write_json
+from hf_starsse.hub import HubPushError, push_run_if_requested, push_to_hub
+from hf_starsse.manifest import EnsembleManifest
+from hf_starsse.modeling_ensemble import EnsembleForImageClassification
+from hf_starsse.soups import uniform_soup
+
 import hashlib
 import logging
 import shutil
@@ -14,13 +21,6 @@ from PIL import Image
 from safetensors.torch import save_file
 from tiny_run import IMAGE_SIZE, make_tiny_run
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
-
-from hf_starsse.cli import main as cli_main
-from hf_starsse.file_utils import atomic_write_json
-from hf_starsse.hub import HubPushError, push_run_if_requested, push_to_hub
-from hf_starsse.manifest import EnsembleManifest
-from hf_starsse.modeling_ensemble import EnsembleForImageClassification
-from hf_starsse.soups import uniform_soup
 
 REPO = "alice/tiny-starsse"
 
@@ -300,9 +300,9 @@ def test_a_recalibrated_soup_folder_in_the_run_is_published_as_is(hub, run_dir):
 
 
 def test_ensemble_trainer_push_to_hub_publishes_the_run_at_the_end(hub, tmp_path):
-    from ensemble_fixtures import make_image_dataset, make_pretrained, model_init_for
-
     from hf_starsse import EnsembleTrainer, EnsembleTrainingArguments
+
+    from ensemble_fixtures import make_image_dataset, make_pretrained, model_init_for
 
     args = EnsembleTrainingArguments(
         output_dir=str(tmp_path / "run"),

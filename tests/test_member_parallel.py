@@ -1,5 +1,8 @@
 """Member parallelism across processes, with a real 2-process `accelerate launch` (gloo on CPU)."""
 
+from hf_starsse import EnsembleManifest, EnsembleTrainingArguments
+from hf_starsse.member_parallel import assign_members
+
 import json
 import os
 import subprocess
@@ -8,9 +11,6 @@ from pathlib import Path
 
 import pytest
 from ensemble_fixtures import make_pretrained
-
-from hf_starsse import EnsembleManifest, EnsembleTrainingArguments
-from hf_starsse.member_parallel import assign_members
 
 SCRIPT = Path(__file__).parent / "scripts" / "train_tiny_ensemble.py"
 # `--cpu --num_processes 2` silently starts ONE process; `--multi_gpu` on a CPU-only machine starts 2 over gloo.

@@ -10,11 +10,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ensemble_fixtures import make_image_dataset, model_init_for  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
-
 import hf_starsse  # noqa: E402,F401  (first)
 from hf_starsse import EnsembleTrainer, EnsembleTrainingArguments  # noqa: E402
+
+from ensemble_fixtures import make_image_dataset, model_init_for  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 
 class StepCounter(TrainerCallback):
