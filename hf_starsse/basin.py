@@ -164,7 +164,9 @@ def interpolation_curve(
     rows = []
     for alpha in tqdm(np.linspace(0.0, 1.0, num_points), desc="interpolation", disable=not progress, leave=False):
         state = combine([state_a, state_b], [float(alpha)])
-        rows.append({"alpha": float(alpha), **_evaluate_state(model, state, dataloader, bn_dataloader, device, num_bins)})
+        rows.append(
+            {"alpha": float(alpha), **_evaluate_state(model, state, dataloader, bn_dataloader, device, num_bins)}
+        )
     return rows
 
 

@@ -69,7 +69,9 @@ def predict_probs(
         m.eval()
     member_chunks: list[list[torch.Tensor]] = [[] for _ in models]
     label_chunks: list[torch.Tensor] = []
-    bar = tqdm(dataloader, desc=progress if isinstance(progress, str) else "predict", disable=not progress, leave=False)
+    bar = tqdm(
+        dataloader, desc=progress if isinstance(progress, str) else "predict", disable=not progress, leave=False
+    )
     try:
         for batch in bar:
             inputs, labels = model_inputs(batch, device)

@@ -52,7 +52,9 @@ def find_label_column(dataset: Any, label_column: str | None = None) -> str:
     """The label column: `label_column` when given, else the first of `labels`, `label`, `fine_label`, `target`."""
     if label_column is not None:
         if label_column not in dataset.column_names:
-            raise ValueError(f"`label_column` {label_column!r} is not a column of the dataset ({dataset.column_names}).")
+            raise ValueError(
+                f"`label_column` {label_column!r} is not a column of the dataset ({dataset.column_names})."
+            )
         return label_column
     for name in LABEL_COLUMNS:
         if name in dataset.column_names:
@@ -72,7 +74,9 @@ def find_image_column(dataset: Any) -> str:
     for name in IMAGE_COLUMNS:
         if name in dataset.column_names:
             return name
-    raise ValueError(f"No image column in the dataset (need `pixel_values` or an image column; got {dataset.column_names}).")
+    raise ValueError(
+        f"No image column in the dataset (need `pixel_values` or an image column; got {dataset.column_names})."
+    )
 
 
 def processor_mean_std(image_processor: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +188,9 @@ def make_eval_dataloader(
         mean = std = None
         if image_transform is not None:
             if image_processor is None:
-                raise ValueError("An `image_processor` is needed to de-normalise `pixel_values` for an image transform.")
+                raise ValueError(
+                    "An `image_processor` is needed to de-normalise `pixel_values` for an image transform."
+                )
             mean, std = processor_mean_std(image_processor)
         collate = _pixel_values_collate(label_column, image_transform, mean, std)
     else:
@@ -209,4 +215,3 @@ def model_inputs(batch: Any, device: torch.device | str | None = None) -> tuple[
     if device is not None:
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     return inputs, labels
-

@@ -66,12 +66,16 @@ def markdown_report(results: dict[str, Any]) -> str:
         lines.append(_row(f"**{kind} soup** ({len(soup['members'])} members)", soup["metrics"]))
     lines += ["", f"Diversity (paper's normalised disagreement): {test['diversity']:.2f}", ""]
     soup_rows = {row["size"]: row for row in results.get("soup_vs_size", [])}
-    lines += ["| size k | ensemble acc (%) | ensemble NLL | soup acc (%) | soup NLL | diversity |", "|---|---|---|---|---|---|"]
+    lines += [
+        "| size k | ensemble acc (%) | ensemble NLL | soup acc (%) | soup NLL | diversity |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in test["quality_vs_size"]:
         soup = soup_rows.get(row["size"])
         soup_cells = f"{100 * soup['accuracy']:.2f} | {soup['nll']:.4f}" if soup else "- | -"
         lines.append(
-            f"| {row['size']} | {100 * row['accuracy']:.2f} | {row['nll']:.4f} | {soup_cells} | {row['diversity']:.2f} |"
+            f"| {row['size']} | {100 * row['accuracy']:.2f} | {row['nll']:.4f} | {soup_cells} "
+            f"| {row['diversity']:.2f} |"
         )
     distances = results.get("basin", {}).get("distances")
     if distances:
@@ -124,7 +128,9 @@ def plot_metric_vs_size(
         sizes = [r["size"] for r in quality_vs_size]
         ax.plot(sizes, [scale * r[key] for r in quality_vs_size], "o-", label="ensemble")
         if soup_vs_size:
-            ax.plot([r["size"] for r in soup_vs_size], [scale * r[key] for r in soup_vs_size], "s--", label="uniform soup")
+            ax.plot(
+                [r["size"] for r in soup_vs_size], [scale * r[key] for r in soup_vs_size], "s--", label="uniform soup"
+            )
         if mean_member:
             ax.axhline(scale * mean_member[key], color="gray", linestyle=":", label="mean member")
         ax.set_xlabel("ensemble size k (first k members)")
@@ -146,7 +152,14 @@ def plot_diversity_matrix(matrix: Sequence[Sequence[float]], names: Sequence[str
     ax.set_yticks(range(len(names)), names)
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{matrix[i, j]:.1f}", ha="center", va="center", color="w" if matrix[i, j] < matrix.max() / 2 else "k")
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]:.1f}",
+                ha="center",
+                va="center",
+                color="w" if matrix[i, j] < matrix.max() / 2 else "k",
+            )
     fig.colorbar(image, ax=ax, label="diversity (%)")
     ax.set_title("Pairwise diversity: 100 * disagreement / max error")
     return _save_figure(fig, Path(path))
@@ -168,7 +181,9 @@ def member_lr_curves(manifest: EnsembleManifest) -> list[dict[str, Any]]:
         if member.parent is None:
             warmup = int(hp.get("warmup_steps") or 0)
         else:
-            warmup = EnsembleTrainingArguments.resolve_warmup(float(hp.get("cycle_warmup_steps") or 0), member.num_steps)
+            warmup = EnsembleTrainingArguments.resolve_warmup(
+                float(hp.get("cycle_warmup_steps") or 0), member.num_steps
+            )
         warmup = max(0, min(warmup, member.num_steps - 1))
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=member.learning_rate)
         schedule = get_cyclic_cosine_schedule(
@@ -230,7 +245,9 @@ def plot_plane(plane: dict[str, Any], path: str | os.PathLike, metric: str = "ac
     fig.colorbar(contour, ax=ax, label=metric)
     for i, (x, y) in enumerate(plane["points"]):
         ax.plot(x, y, "w*", markersize=12)
-        ax.annotate(plane.get("names", ["0", "1", "2"])[i], (x, y), color="w", xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            plane.get("names", ["0", "1", "2"])[i], (x, y), color="w", xytext=(4, 4), textcoords="offset points"
+        )
     ax.set_title(f"{metric} on the plane through three models")
     return _save_figure(fig, Path(path))
 

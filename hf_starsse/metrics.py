@@ -1,6 +1,6 @@
 """Ensemble metrics as pure functions over class probabilities and integer labels.
 
-Every function takes `probs` of shape `(num_samples, num_classes)` (rows sum to 1) or, for the ensemble-level functions,
+Every function takes `probs` of shape `(num_samples, num_classes)` (rows sum to 1) or, for the ensemble-level ones,
 `member_probs` of shape `(num_members, num_samples, num_classes)`, and `labels` of shape `(num_samples,)`. NumPy arrays
 and torch tensors are both accepted. Accuracy, ECE and error rates are fractions in [0, 1]; diversity is in percent,
 as in the paper.
@@ -33,7 +33,9 @@ def _check(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     if probs.shape[0] == 0:
         raise ValueError("`probs` and `labels` should hold at least one sample, got 0.")
     if labels.min() < 0 or labels.max() >= probs.shape[1]:
-        raise ValueError(f"`labels` should lie in [0, {probs.shape[1]}), got values in [{labels.min()}, {labels.max()}].")
+        raise ValueError(
+            f"`labels` should lie in [0, {probs.shape[1]}), got values in [{labels.min()}, {labels.max()}]."
+        )
     return probs, labels
 
 

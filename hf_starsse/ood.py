@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .eval_data import ImageTransform, make_eval_dataloader
 from .ensemble import predict_probs
+from .eval_data import ImageTransform, make_eval_dataloader
 from .metrics import DEFAULT_NUM_BINS, classification_metrics
 
 CORRUPTIONS = (
@@ -58,12 +58,34 @@ class _NumpyWithFloat_(types.ModuleType):
         return getattr(np, name)
 
 
+class _SkimageSeeded(types.ModuleType):
+    """skimage as `imagecorruptions` uses it, with `util.random_noise` drawing its seed from NumPy's global RNG (which
+    `corruption_transform` seeds per sample), so `impulse_noise` is reproducible like the other corruptions."""
+
+    def __init__(self, skimage: Any):
+        super().__init__("skimage")
+        self._skimage = skimage
+        util = types.ModuleType("skimage.util")
+        util.__getattr__ = lambda name: getattr(skimage.util, name)  # type: ignore[method-assign]
+
+        def random_noise(image: Any, *args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("rng", int(np.random.randint(0, 2**31 - 1)))
+            return skimage.util.random_noise(image, *args, **kwargs)
+
+        util.random_noise = random_noise
+        self.util = util
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._skimage, name)
+
+
 def load_imagecorruptions() -> Any:
     """Import `imagecorruptions`, adapting its last release (1.1.2) to current dependencies where needed.
 
     That release imports `pkg_resources` (gone from recent setuptools), uses `np.float_` (gone in NumPy 2) and calls
     `skimage.filters.gaussian(..., multichannel=True)` (renamed `channel_axis` in scikit-image 0.19). Each fix is
-    applied only when the corresponding incompatibility is present, and only inside `imagecorruptions`.
+    applied only when the corresponding incompatibility is present, and only inside `imagecorruptions`. Its
+    `impulse_noise` is also made to take its randomness from NumPy's global RNG, so corruptions are reproducible.
     """
     if "imagecorruptions" in sys.modules:
         return sys.modules["imagecorruptions"]
@@ -84,6 +106,8 @@ def load_imagecorruptions() -> Any:
     corruptions = importlib.import_module("imagecorruptions.corruptions")
     if not hasattr(np, "float_") and not isinstance(corruptions.np, _NumpyWithFloat_):
         corruptions.np = _NumpyWithFloat_("numpy")
+    if not isinstance(corruptions.sk, _SkimageSeeded):
+        corruptions.sk = _SkimageSeeded(corruptions.sk)
     import inspect
 
     gaussian = corruptions.gaussian
@@ -211,5 +235,10 @@ def evaluate_ood(
         }
     bar.close()
     result["mean"] = {name: _mean_metrics(rows) for name, rows in all_rows.items()}
-    result["settings"] = {"corruptions": corruptions, "severities": severities, "seed": seed, "max_samples": max_samples}
+    result["settings"] = {
+        "corruptions": corruptions,
+        "severities": severities,
+        "seed": seed,
+        "max_samples": max_samples,
+    }
     return result

@@ -16,7 +16,7 @@ from .eval_data import EVAL_DATA_DIR, make_eval_dataloader
 from .evaluation_report import write_report
 from .manifest import EnsembleManifest
 from .metrics import DEFAULT_NUM_BINS
-from .soups import greedy_soup, held_out_score_fn, load_soup_into, save_soup, uniform_soup, weight_keys
+from .soups import greedy_soup, held_out_score_fn, load_soup_into, save_soup_model, uniform_soup
 
 SOUPS_DIR = "soups"
 EVAL_DIR = "eval"
@@ -110,7 +110,8 @@ def resolve_eval_data(run_dir: Path, settings: EvaluationSettings) -> tuple[Path
         path = run_dir / EVAL_DATA_DIR
     else:
         raise FileNotFoundError(
-            f"No evaluation data: pass `--dataset PATH` (a `save_to_disk` folder) or save one at {run_dir / EVAL_DATA_DIR}."
+            f"No evaluation data: pass `--dataset PATH` (a `save_to_disk` folder) or save one at "
+            f"{run_dir / EVAL_DATA_DIR}."
         )
     splits = load_splits(path)
     if settings.split not in splits:
@@ -147,7 +148,9 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
         raise ValueError(f"The manifest of {run_dir} lists no finished members.")
     for i in settings.interpolate:
         if settings.interpolation_points and not 0 <= i < len(members):
-            raise ValueError(f"`interpolate` should name members in 0..{len(members) - 1}, got {settings.interpolate}.")
+            raise ValueError(
+                f"`interpolate` should name members in 0..{len(members) - 1}, got {settings.interpolate}."
+            )
     data_path, splits = resolve_eval_data(run_dir, settings)
     device = torch.device(settings.device) if settings.device else default_device()
     processor = _image_processor(members[0])
@@ -168,7 +171,9 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
     }
     ensemble = Ensemble.from_pretrained(members, device=device)
     ensemble.names = [f"member-{m.index}" for m in manifest.members]
-    results["test"] = ensemble.evaluate(test_loader, num_bins=settings.num_bins, progress="members + ensemble" if settings.progress else False)
+    results["test"] = ensemble.evaluate(
+        test_loader, num_bins=settings.num_bins, progress="members + ensemble" if settings.progress else False
+    )
 
     template = None
     soup_models: dict[str, torch.nn.Module] = {}
@@ -189,28 +194,46 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
             metrics = evaluate_model(template, test_loader, device=device, num_bins=settings.num_bins)
             soup_vs_size.append({"size": k, **metrics})
         results["soup_vs_size"] = soup_vs_size
-        soups["uniform"] = _save(template, run_dir / SOUPS_DIR / "uniform", members[0], "uniform", list(range(len(members))), soup_vs_size[-1])
+        soups["uniform"] = _save(
+            template,
+            run_dir / SOUPS_DIR / "uniform",
+            members[0],
+            "uniform",
+            list(range(len(members))),
+            soup_vs_size[-1],
+        )
         if settings.soup == "greedy":
             if settings.validation_split not in splits:
                 raise ValueError(
-                    f"The greedy soup needs a held-out split: `{settings.validation_split}` is not in {sorted(splits)}."
+                    f"The greedy soup needs a held-out split: `{settings.validation_split}` is not in "
+                    f"{sorted(splits)}."
                 )
             val_loader = loader(settings.validation_split)
-            score_fn = held_out_score_fn(template, val_loader, bn_dataloader=bn_loader if needs_bn else None, device=device)
+            score_fn = held_out_score_fn(
+                template, val_loader, bn_dataloader=bn_loader if needs_bn else None, device=device
+            )
             greedy = greedy_soup(members, score_fn, progress=settings.progress)
             load_soup_into(template, greedy.state_dict)
             if needs_bn:
                 recalibrate_batchnorm(template, bn_loader, device=device)
             metrics = evaluate_model(template, test_loader, device=device, num_bins=settings.num_bins)
-            soups["greedy"] = _save(template, run_dir / SOUPS_DIR / "greedy", members[0], "greedy", greedy.selected, metrics)
+            soups["greedy"] = _save(
+                template, run_dir / SOUPS_DIR / "greedy", members[0], "greedy", greedy.selected, metrics
+            )
             soups["greedy"].update(
-                {"validation_accuracy": greedy.score, "member_validation_accuracy": greedy.member_scores, "history": greedy.history}
+                {
+                    "validation_accuracy": greedy.score,
+                    "member_validation_accuracy": greedy.member_scores,
+                    "history": greedy.history,
+                }
             )
         results["soups"] = soups
         for kind, soup in soups.items():
             soup_models[f"{kind} soup"] = load_classifier(soup["path"], device=device) if settings.ood else None
 
-    basin: dict[str, Any] = {"distances": distance_report(members, manifest.base_models[0] if manifest.base_models else None)}
+    basin: dict[str, Any] = {
+        "distances": distance_report(members, manifest.base_models[0] if manifest.base_models else None)
+    }
     if settings.interpolation_points and len(members) >= 2:
         template = template or load_classifier(members[0], device=device)
         a, b = settings.interpolate
@@ -272,7 +295,5 @@ def _save(
 ) -> dict[str, Any]:
     """Save the soup held by `model` (BatchNorm statistics included) and describe it."""
     info = {"kind": kind, "members": selected, "metrics": metrics}
-    keys = weight_keys(reference)  # tied weights are stored once, as in the members' files
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k in keys}
-    save_soup(state, path, reference, info=info, overwrite=True)
+    save_soup_model(model, path, reference, info=info, overwrite=True)
     return {**info, "path": str(path)}

@@ -164,22 +164,65 @@ def uniform_soup(
 
 
 def load_soup_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """Load a soup's state dict into `model` (strict), with a one-line error listing a few mismatched keys."""
+    """Load a soup's state dict (keys as stored in the members' safetensors files) into `model`, in place.
+
+    When the file keys are the model's own keys the state dict is loaded directly; otherwise (transformers converts
+    some checkpoint layouts while loading, e.g. ViT's attention names in transformers 5) it goes through
+    `from_pretrained(None, config=model.config, state_dict=...)`, which applies the same conversion as loading a
+    member. Any missing, unexpected or mis-shaped tensor raises a one-line `ValueError`.
+    """
     own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    if missing or unexpected:
+    if set(state_dict) == set(own):
+        for key, tensor in state_dict.items():
+            if own[key].shape != tensor.shape:
+                raise ValueError(
+                    f"The soup's `{key}` has shape {tuple(tensor.shape)}, {type(model).__name__} expects "
+                    f"{tuple(own[key].shape)}."
+                )
+        model.load_state_dict(state_dict, strict=True)
+        return model
+    if not hasattr(type(model), "from_pretrained") or not hasattr(model, "config"):
+        missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
         raise ValueError(
             f"The soup does not fit {type(model).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}."
         )
-    for key, tensor in state_dict.items():
-        if own[key].shape != tensor.shape:
-            raise ValueError(
-                f"The soup's `{key}` has shape {tuple(tensor.shape)}, {type(model).__name__} expects "
-                f"{tuple(own[key].shape)}."
-            )
-    model.load_state_dict(state_dict, strict=True)
+    converted, info = type(model).from_pretrained(
+        None, config=model.config, state_dict=state_dict, output_loading_info=True
+    )
+    problems = {k: sorted(map(str, v))[:3] for k, v in info.items() if k != "error_msgs" and v}
+    if problems or info.get("error_msgs"):
+        raise ValueError(f"The soup does not fit {type(model).__name__}: {problems or info['error_msgs'][:1]}.")
+    model.load_state_dict(converted.state_dict(), strict=True)
     return model
+
+
+def save_soup_model(
+    model: Any,
+    output_dir: str | os.PathLike,
+    reference_member: str | os.PathLike,
+    info: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save a soup held by a model (e.g. after BatchNorm recalibration) with `model.save_pretrained`, plus the
+    reference member's image-processor files and `soup.json`, atomically."""
+    reference_member = Path(reference_member)
+    output_dir = Path(output_dir)
+    with atomic_directory(output_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        _copy_processor_files(reference_member, tmp)
+        atomic_write_json(tmp / SOUP_INFO_NAME, info or {})
+    return output_dir
+
+
+def _copy_processor_files(reference_member: Path, target: Path) -> None:
+    for child in sorted(reference_member.iterdir()):
+        if (
+            child.is_file()
+            and not (target / child.name).exists()
+            and child.name not in _NOT_COPIED
+            and not child.name.endswith(_WEIGHT_SUFFIXES)
+        ):
+            shutil.copy2(child, target / child.name)
 
 
 def save_soup(
@@ -217,13 +260,29 @@ def save_soup(
         raise ValueError(f"The soup's tensors differ from those of {reference_member} (e.g. {diff}).")
     output_dir = Path(output_dir)
     with atomic_directory(output_dir, overwrite=overwrite) as tmp:
-        for child in sorted(reference_member.iterdir()):
-            if child.is_file() and child.name not in _NOT_COPIED and not child.name.endswith(_WEIGHT_SUFFIXES):
-                shutil.copy2(child, tmp / child.name)
+        _copy_processor_files(reference_member, tmp)
         tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
         atomic_write_json(tmp / SOUP_INFO_NAME, info or {})
     return output_dir
+
+
+def save_uniform_soup(
+    members: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    weights: Sequence[float] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """`uniform_soup` + `save_soup` in one call (no BatchNorm recalibration): validates every member first, so a bad
+    member leaves nothing at `output_dir`."""
+    if not members:
+        raise ValueError("`members` should list at least one member, got an empty list.")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"Refusing to overwrite the finished folder {output_dir}.")
+    state = uniform_soup(members, weights=weights)
+    info = {"kind": "uniform", "members": [str(m) for m in members], "weights": list(weights) if weights else None}
+    return save_soup(state, output_dir, members[0], info=info, overwrite=overwrite)
 
 
 @dataclass
@@ -275,9 +334,13 @@ def greedy_soup(
     for member in members:
         member_weights_file(member)
     if member_scores is None:
-        member_scores = [float(score_fn(uniform_soup([m]))) for m in tqdm(members, "score members", disable=not progress)]
+        member_scores = [
+            float(score_fn(uniform_soup([m]))) for m in tqdm(members, "score members", disable=not progress)
+        ]
     elif len(member_scores) != len(members):
-        raise ValueError(f"`member_scores` should have one entry per member ({len(members)}), got {len(member_scores)}.")
+        raise ValueError(
+            f"`member_scores` should have one entry per member ({len(members)}), got {len(member_scores)}."
+        )
     member_scores = [float(s) for s in member_scores]
     order = sorted(range(len(members)), key=lambda i: -member_scores[i])
     selected = [order[0]]

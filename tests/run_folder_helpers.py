@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import hf_starsse  # noqa: F401  (first: torchvision compatibility)
-
 import numpy as np
 import torch
 
+import hf_starsse  # noqa: F401, I001  (first: torchvision compatibility)
 from hf_starsse.manifest import EnsembleManifest, MemberRecord, member_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -165,3 +164,11 @@ def make_run_folder(
     if with_eval_data:
         data.save_to_disk(str(run_dir / "eval_data"))
     return run_dir
+
+
+def single_thread():
+    """Generator for an autouse fixture: tiny models run much faster on one thread on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

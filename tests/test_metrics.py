@@ -1,12 +1,11 @@
 import math
 import os
 
-import hf_starsse  # noqa: F401  (first: torchvision compatibility)
-
 import numpy as np
 import pytest
 import torch
 
+import hf_starsse  # noqa: F401, I001  (first: torchvision compatibility)
 from hf_starsse import metrics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,7 +25,8 @@ def test_accuracy_nll_brier_by_hand():
 
 
 def test_ece_exact_values():
-    # 10 bins: (0.8, 0.9] holds samples 0, 1: |0.5 - 0.85| * 2/4; (0.7, 0.8]: |1 - 0.75| / 4; (0.6, 0.7]: |1 - 0.65| / 4
+    # 10 bins: (0.8, 0.9] holds samples 0, 1: |0.5 - 0.85| * 2/4;
+    # (0.7, 0.8]: |1 - 0.75| / 4; (0.6, 0.7]: |1 - 0.65| / 4
     assert metrics.ece(PROBS, LABELS, num_bins=10) == pytest.approx(0.175 + 0.0625 + 0.0875, abs=1e-12)
     # the default 15 bins separate the same groups
     assert metrics.ece(PROBS, LABELS) == pytest.approx(0.325, abs=1e-12)

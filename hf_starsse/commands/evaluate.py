@@ -1,4 +1,4 @@
-"""`hf-starsse evaluate RUN`: members, ensemble, soups, basin analysis and OOD of a run, as eval.json + markdown + PNGs."""
+"""`hf-starsse evaluate RUN`: members, ensemble, soups, basin and OOD of a run, as eval.json + markdown + PNGs."""
 
 from __future__ import annotations
 
@@ -52,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--interpolate", nargs=2, type=int, default=(0, 1), metavar=("A", "B"), help="Members of the line (0 1)."
     )
-    parser.add_argument("--plane-grid", type=int, default=0, help="Grid size of the plane through members 0-2 (0 skips).")
+    parser.add_argument(
+        "--plane-grid", type=int, default=0, help="Grid size of the plane through members 0-2 (0 skips)."
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="Evaluation batch size (default: 64).")
     parser.add_argument("--max-samples", type=int, default=None, help="Use only the first N samples of each split.")
     parser.add_argument("--num-bins", type=int, default=15, help="ECE bins (default: 15).")
