@@ -209,9 +209,17 @@ def plot_lr_schedule(manifest: EnsembleManifest, path: str | os.PathLike) -> Pat
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    for curve in curves:
+    styles = ("-", "--", "-.", ":")
+    for rank, curve in enumerate(curves):
         parent = "" if curve["parent"] is None else f" (from member-{curve['parent']})"
-        ax.plot(curve["steps"], curve["lr"], label=f"member-{curve['index']}{parent}")
+        # StarSSE / Local DE phases overlap: earlier members are drawn thicker underneath so every one stays visible
+        ax.plot(
+            curve["steps"],
+            curve["lr"],
+            styles[rank % len(styles)],
+            linewidth=max(1.0, 1.0 + 0.7 * (len(curves) - 1 - rank)),
+            label=f"member-{curve['index']}{parent}",
+        )
     ax.set_xlabel("optimizer step of the run")
     ax.set_ylabel("learning rate")
     ax.set_title(f"Learning-rate schedule ({manifest.strategy})")

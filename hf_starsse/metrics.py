@@ -223,6 +223,27 @@ def _unpack_eval_prediction(eval_pred: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(logits), np.asarray(labels)
 
 
+def load_evaluate_metric(name: str = "probabilistic_classification") -> Any:
+    """Load one of the library's local `evaluate` metric modules (works offline, unlike `evaluate.load("accuracy")`).
+
+    Example:
+
+    ```python
+    >>> metric = load_evaluate_metric()
+    >>> metric.compute(predictions=[[0.9, 0.1], [0.2, 0.8]], references=[0, 0])["accuracy"]
+    0.5
+    ```
+    """
+    from pathlib import Path
+
+    import evaluate
+
+    path = Path(__file__).parent / "evaluate_metrics" / name
+    if not (path / f"{name}.py").is_file():
+        raise ValueError(f"No local evaluate metric named {name!r} (looked in {path.parent}).")
+    return evaluate.load(str(path))
+
+
 def summarize(rows: Sequence[dict[str, float]], key: str) -> list[float]:
     """The column `key` of a list of metric rows (e.g. of `quality_vs_size`)."""
     return [float(row[key]) for row in rows]

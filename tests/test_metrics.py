@@ -103,3 +103,13 @@ def test_bad_inputs_name_the_problem():
         metrics.nll(PROBS, np.array([0, 1, 2, 0]))
     with pytest.raises(ValueError, match="at least one member"):
         metrics.diversity([], LABELS)
+
+
+def test_local_evaluate_module_matches_functions():
+    metric = metrics.load_evaluate_metric()
+    out = metric.compute(predictions=PROBS.tolist(), references=LABELS.tolist(), num_bins=10)
+    assert out["accuracy"] == 0.75
+    assert out["ece"] == pytest.approx(0.325, abs=1e-12)
+    assert out["brier"] == pytest.approx(0.465, abs=1e-12)
+    with pytest.raises(ValueError, match="No local evaluate metric named 'nope'"):
+        metrics.load_evaluate_metric("nope")
