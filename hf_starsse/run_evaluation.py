@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .basin import distance_report, interpolation_curve, plane_grid
 from .bn_recalibration import has_batchnorm, recalibrate_batchnorm
@@ -187,7 +188,8 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
         results["data"]["bn_recalibration"] = bn_split if needs_bn else None
         soups: dict[str, Any] = {}
         soup_vs_size = []
-        for k in range(1, len(members) + 1):
+        sizes = range(1, len(members) + 1)
+        for k in tqdm(sizes, desc="uniform soups of the first k members", disable=not settings.progress):
             load_soup_into(template, uniform_soup(members[:k]))
             if needs_bn:
                 recalibrate_batchnorm(template, bn_loader, device=device)

@@ -250,3 +250,36 @@ def test_evaluate_command_with_dataset_and_errors(bn_run, tmp_path, capsys):
     EnsembleManifest.load(bn_run).save(empty)
     assert main(["evaluate", str(empty), "--no-progress"]) == 1
     assert "No evaluation data: pass `--dataset PATH`" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ensemble_on_gpu_matches_cpu(bn_run):
+    loader = _test_loader(bn_run)
+    cpu = Ensemble.from_run(bn_run, device="cpu").predict_proba(loader)
+    gpu = Ensemble.from_run(bn_run, device="cuda").predict_proba(loader)
+    assert np.abs(cpu - gpu).max() < 1e-4
+
+
+def test_raw_image_dataset_through_the_image_processor(bn_run, tmp_path, capsys):
+    from datasets import Dataset, Features, Image, Value
+    from PIL import Image as PILImage
+    from run_folder_helpers import to_pixel_values
+
+    from hf_starsse.cli import main
+
+    images, labels = synthetic_images(40, seed=7)
+    raw = Dataset.from_dict(
+        {"img": [PILImage.fromarray(x) for x in images], "label": labels.tolist()},
+        features=Features({"img": Image(), "label": Value("int64")}),
+    )
+    batch = next(iter(make_eval_dataloader(raw, batch_size=40, image_processor=image_processor())))
+    np.testing.assert_allclose(batch["pixel_values"].numpy(), to_pixel_values(images), atol=1e-5)
+    assert batch["labels"].tolist() == labels.tolist()
+    raw.save_to_disk(str(tmp_path / "raw"))
+    out = tmp_path / "report"
+    args = ["evaluate", str(bn_run), "--dataset", str(tmp_path / "raw"), "--soup", "none", "--interpolation-points"]
+    assert main([*args, "0", "--no-plots", "--no-progress", "--output-dir", str(out)]) == 0
+    results = json.loads((out / "eval.json").read_text())
+    ensemble = Ensemble.from_run(bn_run, device="cpu")
+    expected = ensemble.evaluate([{"pixel_values": torch.from_numpy(to_pixel_values(images)), "labels": labels}])
+    assert results["test"]["ensemble"]["nll"] == pytest.approx(expected["ensemble"]["nll"], abs=1e-5)
