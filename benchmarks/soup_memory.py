@@ -32,7 +32,7 @@ def _status(field: str) -> int:
 
 
 def child(members: list[str], mode: str) -> None:
-    import hf_starsse  # noqa: F401
+    import hf_starsse  # noqa: F401, I001
 
     import torch
     from safetensors.torch import load_file
@@ -58,7 +58,7 @@ def child(members: list[str], mode: str) -> None:
 
 
 def make_members(folder: Path, k: int) -> list[str]:
-    import hf_starsse  # noqa: F401
+    import hf_starsse  # noqa: F401, I001
 
     import torch
     from transformers import ResNetConfig, ResNetForImageClassification
@@ -107,7 +107,8 @@ def main() -> int:
             naive = run(members[:k], "naive")
             rows.append((k, stream["peak_growth"], naive["peak_growth"]))
             print(
-                f"{k:>3} | {stream['peak_growth'] / 2**20:>11.1f} MiB | {stream['peak_growth'] / model_bytes:>11.2f} | "
+                f"{k:>3} | {stream['peak_growth'] / 2**20:>11.1f} MiB | "
+                f"{stream['peak_growth'] / model_bytes:>11.2f} | "
                 f"{naive['peak_growth'] / 2**20:>7.1f} MiB | {naive['peak_growth'] / model_bytes:>11.2f}"
             )
         if not stream["reset"]:
