@@ -151,6 +151,23 @@ def _mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
 
 
+def check_ood_settings(
+    corruptions: Sequence[str] | None = None, severities: Sequence[int] | None = None
+) -> tuple[list[str], list[int]]:
+    """Validate (and default) the corruption names and severities; one-line errors name the bad entries."""
+    corruptions = list(CORRUPTIONS if corruptions is None else corruptions)
+    severities = list(SEVERITIES if severities is None else severities)
+    if not corruptions or not severities:
+        raise ValueError("`corruptions` and `severities` should each hold at least one entry.")
+    unknown = [c for c in corruptions if c not in CORRUPTIONS]
+    if unknown:
+        raise ValueError(f"Unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTIONS)}.")
+    bad = [s for s in severities if s not in SEVERITIES]
+    if bad:
+        raise ValueError(f"`severities` should be in 1..5, got {bad}.")
+    return corruptions, severities
+
+
 def evaluate_ood(
     models: Sequence[torch.nn.Module],
     names: Sequence[str],
@@ -194,16 +211,7 @@ def evaluate_ood(
         `dict`: `{"corruptions": {name: {"severities": {s: {model: metrics}}, "mean": {model: metrics}}},
         "mean": {model: metrics}, "settings": ...}` where `model` ranges over `names` (and `ensemble`).
     """
-    corruptions = list(CORRUPTIONS if corruptions is None else corruptions)
-    severities = list(SEVERITIES if severities is None else severities)
-    if not corruptions or not severities:
-        raise ValueError("`corruptions` and `severities` should each hold at least one entry.")
-    unknown = [c for c in corruptions if c not in CORRUPTIONS]
-    if unknown:
-        raise ValueError(f"Unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTIONS)}.")
-    bad = [s for s in severities if s not in SEVERITIES]
-    if bad:
-        raise ValueError(f"`severities` should be in 1..5, got {bad}.")
+    corruptions, severities = check_ood_settings(corruptions, severities)
     if len(names) != len(models):
         raise ValueError(f"`names` should have one entry per model ({len(models)}), got {len(names)}.")
     ensemble_indices = list(ensemble_indices or [])

@@ -155,6 +155,23 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
     data_path, splits = resolve_eval_data(run_dir, settings)
     device = torch.device(settings.device) if settings.device else default_device()
     processor = _image_processor(members[0])
+    # everything that can be checked before the long passes is checked here
+    if settings.soup == "greedy" and settings.validation_split not in splits:
+        raise ValueError(
+            f"The greedy soup needs a held-out split: `{settings.validation_split}` is not in {sorted(splits)}."
+        )
+    if settings.bn_split is not None and settings.bn_split not in splits:
+        raise ValueError(f"`bn_split` should be one of {sorted(splits)}, got {settings.bn_split!r}.")
+    if settings.ood:
+        from .ood import check_ood_settings, load_imagecorruptions
+
+        check_ood_settings(settings.corruptions, settings.severities)
+        load_imagecorruptions()
+        if processor is None:
+            raise ValueError(
+                f"OOD evaluation needs the members' image processor (to undo the normalisation of `pixel_values`): "
+                f"none could be loaded from {members[0]}."
+            )
 
     def loader(split: str) -> Any:
         return make_eval_dataloader(
@@ -205,11 +222,6 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
             soup_vs_size[-1],
         )
         if settings.soup == "greedy":
-            if settings.validation_split not in splits:
-                raise ValueError(
-                    f"The greedy soup needs a held-out split: `{settings.validation_split}` is not in "
-                    f"{sorted(splits)}."
-                )
             val_loader = loader(settings.validation_split)
             score_fn = held_out_score_fn(
                 template, val_loader, bn_dataloader=bn_loader if needs_bn else None, device=device

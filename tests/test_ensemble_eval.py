@@ -283,3 +283,18 @@ def test_raw_image_dataset_through_the_image_processor(bn_run, tmp_path, capsys)
     ensemble = Ensemble.from_run(bn_run, device="cpu")
     expected = ensemble.evaluate([{"pixel_values": torch.from_numpy(to_pixel_values(images)), "labels": labels}])
     assert results["test"]["ensemble"]["nll"] == pytest.approx(expected["ensemble"]["nll"], abs=1e-5)
+
+
+def test_evaluate_command_checks_settings_before_the_long_passes(bn_run, tmp_path, capsys):
+    from hf_starsse.cli import main
+
+    out = tmp_path / "report"
+    for extra, message in (
+        (["--ood", "--corruptions", "rain"], "Unknown corruption(s) ['rain']"),
+        (["--ood", "--severities", "0"], "`severities` should be in 1..5, got [0]"),
+        (["--soup", "greedy", "--validation-split", "holdout"], "The greedy soup needs a held-out split: `holdout`"),
+        (["--bn-split", "extra"], "`bn_split` should be one of ['test', 'train', 'validation'], got 'extra'"),
+    ):
+        assert main(["evaluate", str(bn_run), "--no-progress", "--output-dir", str(out), *extra]) == 1
+        assert message in capsys.readouterr().err
+    assert not out.exists()
