@@ -430,7 +430,10 @@ class VectorizedMembers:
         return losses.detach()
 
     def fit(
-        self, batches: Iterable[Batch | Sequence[Batch]], num_steps: int | None = None, max_grad_norm: float | None = None
+        self,
+        batches: Iterable[Batch | Sequence[Batch]],
+        num_steps: int | None = None,
+        max_grad_norm: float | None = None,
     ) -> Tensor:
         """Run `training_step` over `batches` (e.g. `iterate_member_batches(loaders)`), at most `num_steps` steps.
 
@@ -450,7 +453,7 @@ class VectorizedMembers:
     # back to M models
 
     def member_state_dict(self, index: int) -> dict[str, Tensor]:
-        """Member `index`'s state dict (same keys as the template's `state_dict()`), as views of the stacked tensors."""
+        """Member `index`'s state dict (the template's `state_dict()` keys), as views of the stacked tensors."""
         if not 0 <= index < self.num_members:
             raise IndexError(f"`index` should be in [0, {self.num_members}), got {index}.")
         # named_parameters()/named_buffers() drop tied aliases that state_dict() keeps: map each key to its tensor.

@@ -17,6 +17,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import hf_starsse  # noqa: E402, F401  (first: makes torchvision importable for transformers' vision models)
+
+# isort: split
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -38,7 +40,13 @@ from hf_starsse.vectorized_members import (  # noqa: E402
 ATOL, RTOL = 1e-5, 1e-4
 NUM_MEMBERS = 3
 NUM_STEPS = 4
-SCHEDULE = {"num_first_steps": 6, "num_cycle_steps": NUM_STEPS, "num_cycles": 2, "cycle_lr_ratio": 2.0, "step_offset": 6}
+SCHEDULE = {
+    "num_first_steps": 6,
+    "num_cycle_steps": NUM_STEPS,
+    "num_cycles": 2,
+    "cycle_lr_ratio": 2.0,
+    "step_offset": 6,
+}
 OPTIMIZERS = {
     "sgd": {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 1e-4},
     "adamw": {"learning_rate": 1e-3, "weight_decay": 0.05},
@@ -98,7 +106,7 @@ MODELS = {
 
 
 def make_batches(kind: str, num_steps: int, batch_size: int = 6, scales=None, seed: int = 0):
-    """`num_steps` stacked batches `[M, B, ...]`, different data for each member (and optionally a scale per member)."""
+    """`num_steps` stacked batches `[M, B, ...]`, different data per member (and optionally a scale per member)."""
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(num_steps):
@@ -151,7 +159,7 @@ def assert_same_state(vectorized_models, reference_models):
         assert got_state.keys() == expected_state.keys()
         for key in expected_state:
             torch.testing.assert_close(
-                got_state[key], expected_state[key], atol=ATOL, rtol=RTOL, msg=lambda m: f"member {index} {key}: {m}"
+                got_state[key], expected_state[key], atol=ATOL, rtol=RTOL, msg=f"member {index}, {key} differs"
             )
 
 
@@ -252,6 +260,11 @@ def test_forward_in_eval_mode_and_unstack_save_pretrained(tmp_path):
         reloaded = ResNetForImageClassification.from_pretrained(tmp_path / f"member-{index}")
         for key, value in model.state_dict().items():
             torch.testing.assert_close(reloaded.state_dict()[key], value, atol=0, rtol=0)
+    # a member's state dict (views of the stacked tensors) saves directly too
+    trained[0].save_pretrained(tmp_path / "direct", state_dict=members.member_state_dict(1))
+    reloaded = ResNetForImageClassification.from_pretrained(tmp_path / "direct")
+    for key, value in trained[1].state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[key], value, atol=0, rtol=0)
     # unstacking into given models loads in place
     targets = [tiny_resnet() for _ in range(NUM_MEMBERS)]
     members.unstack(targets)
