@@ -288,3 +288,16 @@ def test_bad_input_is_refused_with_a_clear_message():
         members.training_step((torch.randn(3, 4, 3, 8, 8), torch.zeros(3, 4, dtype=torch.long)))
     with pytest.raises(ValueError, match="`max_norm` should be positive"):
         members.clip_grad_norm_(0)
+
+
+@pytest.mark.parametrize("randomness", ["different", "same"])
+def test_dropout_masks_per_member(randomness):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.Dropout(0.5), nn.Linear(32, 4))
+    members = VectorizedMembers.from_model(model, num_members=NUM_MEMBERS, randomness=randomness)
+    members.create_optimizer("sgd", learning_rate=0.1)
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
+    # every member gets the same batch: only the dropout masks can make them differ
+    members.training_step((x.expand(NUM_MEMBERS, *x.shape), y.expand(NUM_MEMBERS, *y.shape)))
+    weights = members.params["1.weight"]
+    assert torch.equal(weights[0], weights[1]) == (randomness == "same")
