@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = [
     "hf_starsse.commands.demo",
     "hf_starsse.commands.push",
+    "hf_starsse.commands.evaluate",
     "hf_starsse.commands.train",
 ]
 

@@ -92,9 +92,13 @@ def get_cyclic_cosine_schedule(
     if cycle_lr_ratio <= 0:
         raise ValueError(f"`cycle_lr_ratio` should be positive, got {cycle_lr_ratio}.")
     if not 0 <= num_first_warmup_steps < num_first_steps:
-        raise ValueError(f"`num_first_warmup_steps` should be in [0, {num_first_steps}), got {num_first_warmup_steps}.")
+        raise ValueError(
+            f"`num_first_warmup_steps` should be in [0, {num_first_steps}), got {num_first_warmup_steps}."
+        )
     if not 0 <= num_cycle_warmup_steps < num_cycle_steps:
-        raise ValueError(f"`num_cycle_warmup_steps` should be in [0, {num_cycle_steps}), got {num_cycle_warmup_steps}.")
+        raise ValueError(
+            f"`num_cycle_warmup_steps` should be in [0, {num_cycle_steps}), got {num_cycle_warmup_steps}."
+        )
     lr_lambda = partial(
         _get_cyclic_cosine_lr_lambda,
         num_first_steps=num_first_steps,

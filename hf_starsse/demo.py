@@ -97,7 +97,9 @@ def evaluate_run(run_dir: str | os.PathLike, test: Dataset) -> dict:
     for record, path in zip(manifest.members, manifest.member_paths(run_dir)):
         p = predict_probabilities(AutoModelForImageClassification.from_pretrained(path), test)
         probs.append(p)
-        rows.append({"member": record.index, "accuracy": accuracy(p, labels), "nll": negative_log_likelihood(p, labels)})
+        rows.append(
+            {"member": record.index, "accuracy": accuracy(p, labels), "nll": negative_log_likelihood(p, labels)}
+        )
     ensemble = np.mean(probs, axis=0)
     return {
         "strategy": manifest.strategy,
@@ -131,7 +133,9 @@ def format_table(results: list[dict]) -> str:
             lines.append(f"| {res['strategy']} | member {row['member']} | {row['accuracy']:.4f} | {row['nll']:.4f} |")
         for name in ("mean_member", "ensemble"):
             r = res[name]
-            lines.append(f"| {res['strategy']} | **{name.replace('_', ' ')}** | {r['accuracy']:.4f} | {r['nll']:.4f} |")
+            lines.append(
+                f"| {res['strategy']} | **{name.replace('_', ' ')}** | {r['accuracy']:.4f} | {r['nll']:.4f} |"
+            )
     return "\n".join(lines)
 
 

@@ -33,7 +33,11 @@ def load_digits_dataset(train_per_class: int = 10, validation_size: int = 300, s
     rest = rest[rng.permutation(len(rest))]
     if validation_size >= len(rest):
         raise ValueError(f"`validation_size` should be below {len(rest)}, got {validation_size}.")
-    splits = {"train": rng.permutation(train_idx), "validation": rest[:validation_size], "test": rest[validation_size:]}
+    splits = {
+        "train": rng.permutation(train_idx),
+        "validation": rest[:validation_size],
+        "test": rest[validation_size:],
+    }
     features = Features({"image": Image(), "label": ClassLabel(names=[str(d) for d in range(10)])})
     return DatasetDict(
         {

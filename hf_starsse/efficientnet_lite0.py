@@ -64,7 +64,9 @@ def build_efficientnet_lite0_checkpoint(output_dir: str | os.PathLike) -> Path:
     converted = {}
     for (src_key, tensor), (key, reference) in zip(source.items(), target.items()):
         if tensor.shape != reference.shape:
-            raise ValueError(f"Packaged tensor {src_key} {tuple(tensor.shape)} does not fit {key} {tuple(reference.shape)}.")
+            raise ValueError(
+                f"Packaged tensor {src_key} {tuple(tensor.shape)} does not fit {key} {tuple(reference.shape)}."
+            )
         converted[key] = tensor
     model.timm_model.load_state_dict(converted)
     processor = ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=IMAGE_MEAN, image_std=IMAGE_STD)

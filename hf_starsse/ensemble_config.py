@@ -46,6 +46,10 @@ class EnsembleTrainingArguments(TrainingArguments):
             One seed per member (head init of fresh heads + data order). Defaults to `seed + i` for member i.
         pretrained_checkpoints (`list[str]`, *optional*):
             Global DE only: one independently pre-trained checkpoint (Hub id or folder) per member.
+        member_parallel (`bool`, *optional*, defaults to `False`):
+            Under `accelerate launch --num_processes N`, each process trains its own independent members (StarSSE
+            members 1..K-1 after a data-parallel member 0; every Local / Global DE member), assigned round-robin,
+            with no gradient all-reduce between them. The default trains each member data-parallel.
         evaluate_members (`bool`, *optional*, defaults to `True`):
             Evaluate each member on `eval_dataset` (when given) before it is saved; the metrics go into its
             `member.json`.
@@ -92,6 +96,13 @@ class EnsembleTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Global DE: one independently pre-trained checkpoint (Hub id or folder) per member."},
     )
+    member_parallel: bool = field(
+        default=False,
+        metadata={
+            "help": "Under `accelerate launch --num_processes N`, give each process its own independent members "
+            "(StarSSE members 1..K-1, all Local / Global DE members; round-robin) instead of data-parallel members."
+        },
+    )
     evaluate_members: bool = field(
         default=True,
         metadata={"help": "Evaluate each member on `eval_dataset` before saving it (metrics go to member.json)."},
@@ -104,7 +115,8 @@ class EnsembleTrainingArguments(TrainingArguments):
     def _validate_ensemble_fields(self) -> None:
         if self.ensemble_strategy not in ENSEMBLE_STRATEGIES:
             raise ValueError(
-                f"`ensemble_strategy` should be one of {', '.join(ENSEMBLE_STRATEGIES)}, got {self.ensemble_strategy!r}."
+                f"`ensemble_strategy` should be one of {', '.join(ENSEMBLE_STRATEGIES)}, "
+                f"got {self.ensemble_strategy!r}."
             )
         if not isinstance(self.num_members, int) or self.num_members < 1:
             raise ValueError(f"`num_members` should be a positive integer, got {self.num_members!r}.")
@@ -125,10 +137,16 @@ class EnsembleTrainingArguments(TrainingArguments):
         if self.member_seeds is not None:
             if len(self.member_seeds) != self.num_members:
                 raise ValueError(
-                    f"`member_seeds` should hold one seed per member ({self.num_members}), got {len(self.member_seeds)}."
+                    f"`member_seeds` should hold one seed per member ({self.num_members}), "
+                    f"got {len(self.member_seeds)}."
                 )
             if len(set(self.member_seeds)) != len(self.member_seeds) and self.ensemble_strategy != "global_de":
                 raise ValueError(f"`member_seeds` should be distinct, got {self.member_seeds}.")
+        if self.member_parallel and self.ensemble_strategy == "sse":
+            raise ValueError(
+                "`member_parallel` needs independent members (star_sse, local_de, global_de); SSE members are "
+                "sequential by definition."
+            )
         if self.ensemble_strategy == "global_de":
             if not self.pretrained_checkpoints:
                 raise ValueError("`pretrained_checkpoints` is required for `ensemble_strategy='global_de'`.")
@@ -147,7 +165,11 @@ class EnsembleTrainingArguments(TrainingArguments):
     @property
     def seeds(self) -> list[int]:
         """The seed of each member."""
-        return list(self.member_seeds) if self.member_seeds is not None else [self.seed + i for i in range(self.num_members)]
+        return (
+            list(self.member_seeds)
+            if self.member_seeds is not None
+            else [self.seed + i for i in range(self.num_members)]
+        )
 
     @property
     def resolved_cycle_lr_ratio(self) -> float:

@@ -87,7 +87,9 @@ def plan_members(
     for i in range(args.num_members):
         if i == 0 or strategy in ("local_de", "global_de"):
             checkpoint = args.pretrained_checkpoints[i] if strategy == "global_de" else base_model
-            plans.append(MemberPlan(i, seeds[i], None, checkpoint, schedule.num_first_steps, steps_per_epoch, lr, 0, False))
+            plans.append(
+                MemberPlan(i, seeds[i], None, checkpoint, schedule.num_first_steps, steps_per_epoch, lr, 0, False)
+            )
             continue
         parent = i - 1 if strategy == "sse" else 0
         offset = schedule.num_first_steps + (i - 1 if strategy == "sse" else 0) * schedule.num_cycle_steps

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +105,9 @@ class EnsembleTrainer(Trainer):
             set_seed(args.seeds[0])
             model = self._init_model(args.pretrained_checkpoints[0] if strategy == "global_de" else None)
         self._base_model_name = _model_name(model) if strategy != "global_de" else args.pretrained_checkpoints[0]
+        # `push_to_hub` publishes the whole run once at the end (hf_starsse.hub), not each member's checkpoints
+        self._push_run_at_end = bool(args.push_to_hub)
+        args.push_to_hub = False
         super().__init__(model=model, args=args, **kwargs)
         self._fresh_model_for_member0 = True
         self._phase: MemberPlan | None = None
@@ -155,19 +158,37 @@ class EnsembleTrainer(Trainer):
         if self.args.should_save:
             remove_stale_temporaries(run_dir / MEMBERS_DIR)
         self.accelerator.wait_for_everyone()
+        parallel = args.member_parallel and args.world_size > 1
         for plan in plans:
             if plan.index in finished:
                 logger.info(f"member {plan.index}/{args.num_members - 1}: finished on disk, kept as is.")
                 output.skipped.append(plan.index)
                 continue
+            if parallel and self._is_independent(plan):
+                continue  # trained below, by the process it is assigned to
             _log_progress(args, plan)
             metrics = self._train_member(plan, resume_from_checkpoint, trial, ignore_keys_for_eval)
             record = self._save_member(plan, metrics, manifest)
             output.trained.append(plan.index)
             _log_member_done(args, record)
             output.metrics[f"member-{plan.index}"] = record.metrics
+        if parallel:
+            pending = [p for p in plans if p.index not in finished and self._is_independent(p)]
+            self._train_members_in_parallel(pending, manifest, output)
         self._phase = None
+        if self._push_run_at_end:
+            self._push_run(run_dir)
         return output
+
+    def _push_run(self, run_dir: Path) -> None:
+        from .hub import push_run_if_requested
+
+        self.args.push_to_hub = True
+        try:
+            push_run_if_requested(self.args, run_dir)
+        finally:
+            self.args.push_to_hub = False
+        self.accelerator.wait_for_everyone()
 
     def _train_member(self, plan: MemberPlan, resume_from_checkpoint, trial, ignore_keys_for_eval) -> dict:
         args = self.args
@@ -199,9 +220,54 @@ class EnsembleTrainer(Trainer):
         finally:
             for k, v in saved.items():
                 setattr(args, k, v)
-        if not args.reset_optimizer_each_cycle:
-            self._optimizer_states[plan.index] = _to_cpu(self.optimizer.state_dict())
+        if not args.reset_optimizer_each_cycle and self._keeps_parent_state(plan.index):
+            self._optimizer_states = {plan.index: _to_cpu(self.optimizer.state_dict())}
         return metrics
+
+    def _is_independent(self, plan: MemberPlan) -> bool:
+        """Members that depend on no other member still to be trained (they can train in parallel)."""
+        return self.args.ensemble_strategy in ("local_de", "global_de") or (
+            self.args.ensemble_strategy == "star_sse" and plan.parent == 0
+        )
+
+    def _train_members_in_parallel(
+        self, pending: list[MemberPlan], manifest: EnsembleManifest, output: EnsembleTrainOutput
+    ) -> None:
+        """Each process trains and writes its own members (round-robin); the main process then records them all."""
+        from .member_parallel import assign_members, save_pretrained_on_this_process, train_member_locally
+
+        args = self.args
+        self.model_wrapped = self.model  # drop the data-parallel wrapper of the previous phase (and its hooks)
+        self.accelerator.free_memory()
+        mine = assign_members([p.index for p in pending], args.world_size, args.process_index)
+        for plan in pending:
+            if plan.index not in mine:
+                continue
+            _log_progress(args, plan, force=True)
+            set_seed(plan.seed)
+            self._load_member_start(plan)
+            metrics = train_member_locally(self, self.model, plan, self._schedule)
+            metrics.update({"process_index": args.process_index, "world_size": args.world_size})
+            record = self._member_record(plan, metrics)
+            with atomic_directory(member_dir(self._run_output_dir, plan.index)) as tmp:
+                save_pretrained_on_this_process(self.model, tmp)
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(tmp)
+                atomic_write_json(tmp / MEMBER_INFO_NAME, record.to_dict())
+            output.trained.append(plan.index)
+            output.metrics[f"member-{plan.index}"] = record.metrics
+            _log_member_done(args, record, force=True)
+        self.accelerator.wait_for_everyone()
+        records = [
+            MemberRecord.from_dict(
+                json.loads((member_dir(self._run_output_dir, p.index) / MEMBER_INFO_NAME).read_text())
+            )
+            for p in pending
+        ]
+        manifest.members = sorted([*manifest.members, *records], key=lambda m: m.index)
+        if args.should_save:
+            manifest.save(self._run_output_dir)
+        self.accelerator.wait_for_everyone()
 
     def _load_member_start(self, plan: MemberPlan) -> None:
         """Put the member's starting weights into `self.model`."""
@@ -262,18 +328,7 @@ class EnsembleTrainer(Trainer):
     # ----- saving ------------------------------------------------------------------------------------------------
     def _save_member(self, plan: MemberPlan, metrics: dict, manifest: EnsembleManifest) -> MemberRecord:
         run_dir = Path(self._run_output_dir)
-        record = MemberRecord(
-            index=plan.index,
-            path=f"{MEMBERS_DIR}/member-{plan.index}",
-            seed=plan.seed,
-            parent=plan.parent,
-            init_from=plan.init_from,
-            learning_rate=plan.peak_learning_rate,
-            num_steps=plan.num_steps,
-            num_epochs=plan.num_epochs,
-            schedule_offset=plan.schedule_offset,
-            metrics=_jsonable(metrics),
-        )
+        record = self._member_record(plan, metrics)
         state_dict = self.accelerator.get_state_dict(self.model_wrapped)  # collective under FSDP / DeepSpeed
         if self._keeps_parent_state(plan.index):
             self._parent_states = {plan.index: _to_cpu(self.accelerator.unwrap_model(self.model).state_dict())}
@@ -293,6 +348,20 @@ class EnsembleTrainer(Trainer):
         logger.info(f"member {plan.index}: saved to {member_dir(run_dir, plan.index)}")
         return record
 
+    def _member_record(self, plan: MemberPlan, metrics: dict) -> MemberRecord:
+        return MemberRecord(
+            index=plan.index,
+            path=f"{MEMBERS_DIR}/member-{plan.index}",
+            seed=plan.seed,
+            parent=plan.parent,
+            init_from=plan.init_from,
+            learning_rate=plan.peak_learning_rate,
+            num_steps=plan.num_steps,
+            num_epochs=plan.num_epochs,
+            schedule_offset=plan.schedule_offset,
+            metrics=_jsonable(metrics),
+        )
+
     def _keeps_parent_state(self, index: int) -> bool:
         strategy = self.args.ensemble_strategy
         return (strategy == "star_sse" and index == 0) or strategy == "sse"
@@ -309,7 +378,9 @@ class EnsembleTrainer(Trainer):
             manifest = EnsembleManifest.load(run_dir)
             diff = [k for k in hparams if manifest.hyperparameters.get(k) != hparams[k]]
             if diff:
-                details = ", ".join(f"`{k}`: {manifest.hyperparameters.get(k)!r} on disk vs {hparams[k]!r}" for k in diff)
+                details = ", ".join(
+                    f"`{k}`: {manifest.hyperparameters.get(k)!r} on disk vs {hparams[k]!r}" for k in diff
+                )
                 raise ValueError(
                     f"`output_dir` {run_dir} holds a run with other settings ({details}); use another `output_dir` "
                     "or the same settings to resume it."
@@ -390,22 +461,23 @@ def _jsonable(data: dict) -> dict:
     return out
 
 
-def _log_member_done(args: EnsembleTrainingArguments, record: MemberRecord) -> None:
+def _log_member_done(args: EnsembleTrainingArguments, record: MemberRecord, force: bool = False) -> None:
     shown = {k: v for k, v in record.metrics.items() if k in ("train_loss", "train_runtime") or k.startswith("eval_")}
     shown = {k: v for k, v in shown.items() if "per_second" not in k}
     message = f"[hf_starsse] member {record.index + 1}/{args.num_members} saved: " + ", ".join(
         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()
     )
     logger.info(message)
-    if args.should_log:
-        print(message, flush=True)
+    if args.should_log or force:
+        print(message if not force else f"[process {args.process_index}] {message}", flush=True)
 
 
-def _log_progress(args: EnsembleTrainingArguments, plan: MemberPlan) -> None:
+def _log_progress(args: EnsembleTrainingArguments, plan: MemberPlan, force: bool = False) -> None:
     message = (
         f"[hf_starsse] {args.ensemble_strategy} member {plan.index + 1}/{args.num_members}: from {plan.init_from}, "
-        f"seed {plan.seed}, {plan.num_steps} steps ({plan.num_epochs:.2g} epochs), peak LR {plan.peak_learning_rate:.3g}"
+        f"seed {plan.seed}, {plan.num_steps} steps ({plan.num_epochs:.2g} epochs), "
+        f"peak LR {plan.peak_learning_rate:.3g}"
     )
     logger.info(message)
-    if args.should_log:
-        print(message, flush=True)
+    if args.should_log or force:
+        print(message if not force else f"[process {args.process_index}] {message}", flush=True)

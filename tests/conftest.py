@@ -7,9 +7,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-import pytest  # noqa: E402
-
 import hf_starsse  # noqa: E402,F401  (before transformers' vision code: torchvision compatibility)
+
+import pytest  # noqa: E402
 
 HUB_TOKEN = "hf_testToken0123456789abcdefSECRET"
 HUB_USER = "alice"

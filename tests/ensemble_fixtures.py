@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hf_starsse  # noqa: F401  (first: makes torchvision importable on CPU-only torch)
+
 import hashlib
 from functools import partial
 from pathlib import Path
 
-import hf_starsse  # noqa: F401  (first: makes torchvision importable on CPU-only torch)
 import torch
 from datasets import Array3D, Dataset, Features, Value
 from transformers import (
@@ -33,9 +34,9 @@ def make_image_dataset(num_examples: int = 32, seed: int = 0, num_labels: int = 
     features = Features(
         {"pixel_values": Array3D(shape=(3, IMAGE_SIZE, IMAGE_SIZE), dtype="float32"), "labels": Value("int64")}
     )
-    return Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": labels.numpy()}, features=features).with_format(
-        "torch"
-    )
+    return Dataset.from_dict(
+        {"pixel_values": pixels.numpy(), "labels": labels.numpy()}, features=features
+    ).with_format("torch")
 
 
 def make_pretrained(folder: Path, family: str = "resnet", seed: int = 0, **overrides) -> str:

@@ -1,10 +1,10 @@
+from hf_starsse import cycle_boundaries, get_cyclic_cosine_schedule
+
 import math
 import pickle
 
 import pytest
 import torch
-
-from hf_starsse import cycle_boundaries, get_cyclic_cosine_schedule
 
 BASE_LR = 0.1
 

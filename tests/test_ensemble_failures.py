@@ -1,5 +1,7 @@
 """Bad arguments fail before training naming the field; failures and interruptions never lose finished members."""
 
+from hf_starsse import EnsembleManifest, EnsembleTrainer, EnsembleTrainingArguments
+
 import json
 import os
 import subprocess
@@ -10,8 +12,6 @@ from pathlib import Path
 import pytest
 from ensemble_fixtures import file_digests, global_model_init, make_image_dataset, make_pretrained, model_init_for
 from transformers import TrainerCallback
-
-from hf_starsse import EnsembleManifest, EnsembleTrainer, EnsembleTrainingArguments
 
 COMMON = dict(report_to="none", save_strategy="no", disable_tqdm=True, logging_strategy="no", use_cpu=True)
 
@@ -29,7 +29,10 @@ COMMON = dict(report_to="none", save_strategy="no", disable_tqdm=True, logging_s
         (dict(learning_rate=0.0), "learning_rate"),
         (dict(cycle_steps=5, cycle_epochs=1.0), "cycle_epochs"),
         (dict(member_seeds=[1, 2]), "member_seeds"),
-        (dict(ensemble_strategy="global_de", num_members=3, pretrained_checkpoints=["a", "b"]), "pretrained_checkpoints"),
+        (
+            dict(ensemble_strategy="global_de", num_members=3, pretrained_checkpoints=["a", "b"]),
+            "pretrained_checkpoints",
+        ),
         (dict(ensemble_strategy="global_de", num_members=2), "pretrained_checkpoints"),
         (dict(ensemble_strategy="sse", pretrained_checkpoints=["a"] * 5), "pretrained_checkpoints"),
     ],
@@ -95,7 +98,9 @@ def test_failure_in_member_j_keeps_members_before_j(tmp_path):
     assert [m.index for m in EnsembleManifest.load(run).members] == [0, 1]
     before = file_digests(run / "members")
     # the same command again trains only members 2 and 3 and leaves 0 and 1 untouched
-    trainer = EnsembleTrainer(model_init=model_init_for(base), args=_star_args(run), train_dataset=make_image_dataset(32))
+    trainer = EnsembleTrainer(
+        model_init=model_init_for(base), args=_star_args(run), train_dataset=make_image_dataset(32)
+    )
     output = trainer.train()
     assert output.skipped == [0, 1] and output.trained == [2, 3]
     after = file_digests(run / "members")
@@ -155,7 +160,9 @@ def test_interrupted_star_sse_run_resumes_with_the_same_command(tmp_path):
     base = make_pretrained(tmp_path / "p")
     run = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    killed = subprocess.run([sys.executable, str(script), base, str(run), "3"], env=env, capture_output=True, text=True)
+    killed = subprocess.run(
+        [sys.executable, str(script), base, str(run), "3"], env=env, capture_output=True, text=True
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]  # killed while member 3 trained
     assert sorted(p.name for p in (run / "members").iterdir() if not p.name.startswith(".")) == [
         "member-0",
@@ -163,7 +170,9 @@ def test_interrupted_star_sse_run_resumes_with_the_same_command(tmp_path):
         "member-2",
     ]
     before = file_digests(run / "members")
-    resumed = subprocess.run([sys.executable, str(script), base, str(run), "-1"], env=env, capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, str(script), base, str(run), "-1"], env=env, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     result = json.loads(resumed.stdout.split("RESULT ")[1])
     assert result == {"trained": [3, 4], "skipped": [0, 1, 2]}

@@ -1,5 +1,8 @@
 """EnsembleTrainer semantics (DESIGN.md): who starts from what, seeds, the LR schedule, optimizer resets, saving."""
 
+from hf_starsse import EnsembleManifest, EnsembleTrainer, EnsembleTrainingArguments, member_dir
+from hf_starsse.cyclic_schedule import _get_cyclic_cosine_lr_lambda
+
 import json
 import math
 
@@ -7,9 +10,6 @@ import pytest
 import torch
 from ensemble_fixtures import global_model_init, make_image_dataset, make_pretrained, model_init_for
 from transformers import AutoModelForImageClassification, TrainerCallback
-
-from hf_starsse import EnsembleManifest, EnsembleTrainer, EnsembleTrainingArguments, member_dir
-from hf_starsse.cyclic_schedule import _get_cyclic_cosine_lr_lambda
 
 LR = 0.05
 
@@ -94,7 +94,11 @@ def test_star_sse_members_start_from_member0_and_end_different(tmp_path, family)
     finals = [_saved(run, i) for i in range(3)]
     for i in range(3):
         for j in range(i + 1, 3):
-            diff = max((finals[i][k].float() - finals[j][k].float()).abs().max().item() for k in member0 if _is_float(member0[k]))
+            diff = max(
+                (finals[i][k].float() - finals[j][k].float()).abs().max().item()
+                for k in member0
+                if _is_float(member0[k])
+            )
             assert diff > 1e-4, f"members {i} and {j} are identical"
     manifest = EnsembleManifest.load(run)
     assert [m.parent for m in manifest.members] == [None, 0, 0]

@@ -1,6 +1,13 @@
 """Publishing to the Hub and loading back, against a local Hub-compatible server (tests/hub_server.py) with the real
 `huggingface_hub` client and `transformers` loaders (no mocks)."""
 
+from hf_starsse.cli import main as cli_main
+from hf_starsse.file_utils import atomic_write_json
+from hf_starsse.hub import HubPushError, push_run_if_requested, push_to_hub
+from hf_starsse.manifest import EnsembleManifest
+from hf_starsse.modeling_ensemble import EnsembleForImageClassification
+from hf_starsse.soups import uniform_soup
+
 import hashlib
 import logging
 import shutil
@@ -14,13 +21,6 @@ from PIL import Image
 from safetensors.torch import save_file
 from tiny_run import IMAGE_SIZE, make_tiny_run
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
-
-from hf_starsse.cli import main as cli_main
-from hf_starsse.file_utils import atomic_write_json
-from hf_starsse.hub import HubPushError, push_run_if_requested, push_to_hub
-from hf_starsse.manifest import EnsembleManifest
-from hf_starsse.modeling_ensemble import EnsembleForImageClassification
-from hf_starsse.soups import uniform_soup
 
 REPO = "alice/tiny-starsse"
 
@@ -297,3 +297,32 @@ def test_a_recalibrated_soup_folder_in_the_run_is_published_as_is(hub, run_dir):
     files = hub.files(REPO)
     assert files["model.safetensors"] == (soup_dir / "model.safetensors").read_bytes()
     assert files["config.json"] == (soup_dir / "config.json").read_bytes()
+
+
+def test_ensemble_trainer_push_to_hub_publishes_the_run_at_the_end(hub, tmp_path):
+    from hf_starsse import EnsembleTrainer, EnsembleTrainingArguments
+
+    from ensemble_fixtures import make_image_dataset, make_pretrained, model_init_for
+
+    args = EnsembleTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        ensemble_strategy="star_sse",
+        num_members=2,
+        num_train_epochs=1,
+        per_device_train_batch_size=8,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        push_to_hub=True,
+        hub_model_id="alice/trained-run",
+        hub_token=HUB_TOKEN,
+    )
+    EnsembleTrainer(
+        model_init=model_init_for(make_pretrained(tmp_path / "p")), args=args, train_dataset=make_image_dataset(16)
+    ).train()
+    files = set(hub.files("alice/trained-run"))
+    assert {"model.safetensors", "ensemble.json", "README.md", "members/member-1/model.safetensors"} <= files
+    assert hub.commit_count("alice/trained-run") == 2  # the repo's first commit + the run, not per-member pushes
+    for path in (tmp_path / "run").rglob("*"):
+        assert not path.is_file() or HUB_TOKEN.encode() not in path.read_bytes()

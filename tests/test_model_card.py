@@ -1,14 +1,14 @@
 """Model cards rendered from hf_starsse/model_cards/*.md with `ModelCard.from_template`."""
 
+from hf_starsse.manifest import EnsembleManifest, MemberRecord
+from hf_starsse.model_card import build_member_card, build_model_card
+
 import json
 
 import pytest
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 from tiny_run import make_tiny_run
-
-from hf_starsse.manifest import EnsembleManifest, MemberRecord
-from hf_starsse.model_card import build_member_card, build_model_card
 
 
 @pytest.fixture(scope="module")

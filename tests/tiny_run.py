@@ -5,14 +5,14 @@ The lead can swap `make_tiny_run` for a real `EnsembleTrainer` run: the layout i
 
 from __future__ import annotations
 
+from hf_starsse.file_utils import atomic_write_json
+from hf_starsse.manifest import EnsembleManifest, MemberRecord, member_dir
+
 import os
 from pathlib import Path
 
 import torch
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-from hf_starsse.file_utils import atomic_write_json
-from hf_starsse.manifest import EnsembleManifest, MemberRecord, member_dir
 
 NUM_LABELS = 4
 IMAGE_SIZE = 16

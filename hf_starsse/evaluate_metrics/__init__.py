@@ -1,0 +1,1 @@
+"""Local `evaluate` metric modules (load with `hf_starsse.metrics.load_evaluate_metric`; no Hub access needed)."""
