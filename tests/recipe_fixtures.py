@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hf_starsse  # noqa: F401  (first: makes torchvision importable on CPU-only torch)
+
 import json
 import string
 from pathlib import Path
@@ -10,8 +12,6 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
-
-import hf_starsse  # noqa: F401  (first: makes torchvision importable on CPU-only torch)
 
 SIZE = 16
 CLASS_NAMES = ["cat", "dog", "car", "tree"]

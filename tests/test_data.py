@@ -1,12 +1,5 @@
 """Data loading (column detection, splits, lazy transforms) and one-line errors through `hf-starsse train`."""
 
-import numpy as np
-import pytest
-import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
-from recipe_fixtures import CLASS_NAMES, SIZE, make_checkpoint, make_dataset_dict, quadrant_images, save_dataset
-from transformers import AutoImageProcessor
-
 from hf_starsse import EnsembleManifest
 from hf_starsse.cli import main as cli_main
 from hf_starsse.data import (
@@ -16,6 +9,13 @@ from hf_starsse.data import (
     load_image_dataset,
     with_image_transforms,
 )
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from recipe_fixtures import CLASS_NAMES, SIZE, make_checkpoint, make_dataset_dict, quadrant_images, save_dataset
+from transformers import AutoImageProcessor
 
 TINY_RUN = ["--num_members", "2", "--max_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu", "true"]
 TINY_RUN += ["--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--learning_rate", "0.01"]

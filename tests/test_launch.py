@@ -1,5 +1,9 @@
 """Real `accelerate launch` runs of recipes/train.py: 2 processes over gloo on CPU vs 1 process, same global batch."""
 
+from hf_starsse import EnsembleManifest
+from hf_starsse.data import build_transforms, image_spec_from_processor, load_image_dataset, with_image_transforms
+from hf_starsse.manifest import MEMBER_INFO_NAME
+
 import json
 import os
 import subprocess
@@ -11,10 +15,6 @@ import pytest
 import torch
 from recipe_fixtures import make_checkpoint, save_dataset
 from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-from hf_starsse import EnsembleManifest
-from hf_starsse.data import build_transforms, image_spec_from_processor, load_image_dataset, with_image_transforms
-from hf_starsse.manifest import MEMBER_INFO_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 # `python -m accelerate.commands.launch` is `accelerate launch`; the `accelerate` console script itself imports timm

@@ -1,6 +1,10 @@
 """`load_classifier` on tiny offline checkpoints of every family: a 2-member StarSSE trains on each; CLIP's zero-shot
 head reproduces CLIP's image-text logits."""
 
+from hf_starsse import EnsembleManifest, EnsembleTrainer, EnsembleTrainingArguments, member_dir
+from hf_starsse.model_loading import load_classifier, make_model_init, zero_shot_head_weights
+from hf_starsse.modeling_clip_classifier import CLIPVisionForImageClassification
+
 import pickle
 
 import pytest
@@ -8,10 +12,6 @@ import torch
 from ensemble_fixtures import IMAGE_SIZE, make_image_dataset
 from recipe_fixtures import CLASS_NAMES, make_checkpoint
 from transformers import AutoModelForImageClassification, AutoTokenizer, CLIPModel
-
-from hf_starsse import EnsembleManifest, EnsembleTrainer, EnsembleTrainingArguments, member_dir
-from hf_starsse.model_loading import load_classifier, make_model_init, zero_shot_head_weights
-from hf_starsse.modeling_clip_classifier import CLIPVisionForImageClassification
 
 FAMILIES = ["resnet", "vit", "swin", "clip", "timm"]
 EXPECTED_CLASS = {

@@ -1,6 +1,9 @@
 """Every recipe parses and validates for every strategy (`hf-starsse train --config R --dry-run`); the CLI and
 recipes/train.py are one code path; `--help` lists every field."""
 
+from hf_starsse.cli import main as cli_main
+from hf_starsse.train_entry import ARGUMENT_CLASSES, load_recipe, parse_arguments
+
 import dataclasses
 import math
 import re
@@ -9,9 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from hf_starsse.cli import main as cli_main
-from hf_starsse.train_entry import ARGUMENT_CLASSES, load_recipe, parse_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
