@@ -17,10 +17,13 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from .digits import load_digits_dataset
 from .efficientnet_lite0 import build_efficientnet_lite0_checkpoint
+from .ensemble import Ensemble
 from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_trainer import EnsembleTrainer
+from .eval_data import make_eval_dataloader
 from .file_utils import atomic_write_json
 from .manifest import EnsembleManifest
+from .metrics import compute_metrics
 
 RESULTS_NAME = "demo_results.json"
 
@@ -52,19 +55,16 @@ class DemoConfig:
     seed: int = 42
 
 
-def prepare_data(processor, image_size: int, train_per_class: int, seed: int) -> DatasetDict:
-    """The digits splits as `pixel_values` (processed once by the checkpoint's image processor) + `labels`."""
-    raw = load_digits_dataset(train_per_class=train_per_class, seed=seed)
+def prepare_data(raw: DatasetDict, processor, image_size: int) -> DatasetDict:
+    """The splits as `pixel_values` (processed once by the members' image processor) + `labels`."""
     shape = (3, image_size, image_size)
     features = Features({"pixel_values": Array3D(shape=shape, dtype="float32"), "labels": Value("int64")})
-    size = {"height": image_size, "width": image_size}
 
     def process(split: Dataset) -> Dataset:
-        pixels = processor(list(split["image"]), size=size, return_tensors="np")["pixel_values"].astype(np.float32)
+        pixels = processor(list(split["image"]), return_tensors="np")["pixel_values"].astype(np.float32)
         return Dataset.from_dict({"pixel_values": pixels, "labels": list(split["label"])}, features=features)
 
-    processed = DatasetDict({name: process(split) for name, split in raw.items()})
-    return processed.with_format("torch")
+    return DatasetDict({name: process(split) for name, split in raw.items()}).with_format("torch")
 
 
 def _model_init(checkpoint: str, num_labels: int) -> torch.nn.Module:
@@ -78,63 +78,29 @@ def _model_init(checkpoint: str, num_labels: int) -> torch.nn.Module:
     )
 
 
-@torch.no_grad()
-def predict_probabilities(model: torch.nn.Module, dataset: Dataset, batch_size: int = 256) -> np.ndarray:
-    """Softmax probabilities of `model` on `dataset` (`pixel_values` column)."""
-    model.eval()
-    out = []
-    for start in range(0, len(dataset), batch_size):
-        pixels = dataset[start : start + batch_size]["pixel_values"]
-        out.append(model(pixel_values=pixels).logits.float().softmax(-1).numpy())
-    return np.concatenate(out)
-
-
 def evaluate_run(run_dir: str | os.PathLike, test: Dataset) -> dict:
-    """Test accuracy / NLL of every member of a run and of their ensemble (mean of softmax probabilities)."""
+    """Test metrics of every member of a run and of their ensemble (mean of softmax probabilities)."""
     manifest = EnsembleManifest.load(run_dir)
-    labels = np.asarray(test["labels"])
-    rows, probs = [], []
-    for record, path in zip(manifest.members, manifest.member_paths(run_dir)):
-        p = predict_probabilities(AutoModelForImageClassification.from_pretrained(path), test)
-        probs.append(p)
-        rows.append(
-            {"member": record.index, "accuracy": accuracy(p, labels), "nll": negative_log_likelihood(p, labels)}
-        )
-    ensemble = np.mean(probs, axis=0)
-    return {
-        "strategy": manifest.strategy,
-        "members": rows,
-        "mean_member": {
-            "accuracy": float(np.mean([r["accuracy"] for r in rows])),
-            "nll": float(np.mean([r["nll"] for r in rows])),
-        },
-        "ensemble": {"accuracy": accuracy(ensemble, labels), "nll": negative_log_likelihood(ensemble, labels)},
-    }
-
-
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float((probs.argmax(-1) == labels).mean())
-
-
-def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
-
-
-def _accuracy_metric(eval_pred) -> dict[str, float]:
-    logits, labels = eval_pred.predictions, eval_pred.label_ids
-    return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
+    result = Ensemble.from_run(run_dir, device="cpu").evaluate(make_eval_dataloader(test, batch_size=256))
+    for record, row in zip(manifest.members, result["members"]):
+        row["member"] = record.index
+    result["strategy"] = manifest.strategy
+    return result
 
 
 def format_table(results: list[dict]) -> str:
-    """Markdown table of member / mean-member / ensemble test accuracy and NLL per strategy."""
-    lines = ["| strategy | model | test accuracy | test NLL |", "|---|---|---:|---:|"]
+    """Markdown table of member / mean-member / ensemble test accuracy, NLL and ECE per strategy."""
+    lines = [
+        "| strategy | model | test accuracy | test NLL | test ECE | diversity |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for res in results:
-        for row in res["members"]:
-            lines.append(f"| {res['strategy']} | member {row['member']} | {row['accuracy']:.4f} | {row['nll']:.4f} |")
-        for name in ("mean_member", "ensemble"):
-            r = res[name]
+        rows = [(f"member {r['member']}", r, "") for r in res["members"]]
+        rows.append(("**mean member**", res["mean_member"], ""))
+        rows.append(("**ensemble**", res["ensemble"], f"{res['diversity']:.1f}"))
+        for name, r, div in rows:
             lines.append(
-                f"| {res['strategy']} | **{name.replace('_', ' ')}** | {r['accuracy']:.4f} | {r['nll']:.4f} |"
+                f"| {res['strategy']} | {name} | {r['accuracy']:.4f} | {r['nll']:.4f} | {r['ece']:.4f} | {div} |"
             )
     return "\n".join(lines)
 
@@ -145,18 +111,22 @@ def run_demo(config: DemoConfig) -> list[dict]:
     start = time.time()
     print(f"[demo] converting the packaged ImageNet EfficientNet-Lite0 into {out / 'pretrained'}", flush=True)
     checkpoint = str(build_efficientnet_lite0_checkpoint(out / "pretrained" / "efficientnet_lite0"))
-    processor = AutoImageProcessor.from_pretrained(checkpoint)
-    data = prepare_data(processor, config.image_size, config.train_per_class, config.seed)
+    # the members' image processor: the checkpoint's normalisation at the demo's resolution (saved with each member)
+    size = {"height": config.image_size, "width": config.image_size}
+    processor = AutoImageProcessor.from_pretrained(checkpoint, size=size)
+    raw = load_digits_dataset(train_per_class=config.train_per_class, seed=config.seed, image_size=config.image_size)
+    data = prepare_data(raw, processor, config.image_size)
     print(
         f"[demo] digits: {len(data['train'])} train / {len(data['validation'])} validation / {len(data['test'])} test "
         f"images at {config.image_size}px",
         flush=True,
     )
-    if not (out / "eval_data").is_dir():
-        data.with_format(None).save_to_disk(str(out / "eval_data"))
     results = []
     for strategy in config.strategies:
         run_dir = out / strategy
+        if not (run_dir / "eval_data").is_dir():  # raw held-out images for `hf-starsse evaluate RUN` (and --ood)
+            held_out = DatasetDict({"validation": raw["validation"], "test": raw["test"]})
+            held_out.save_to_disk(str(run_dir / "eval_data"))
         args = EnsembleTrainingArguments(
             output_dir=str(run_dir),
             ensemble_strategy=strategy,
@@ -183,7 +153,7 @@ def run_demo(config: DemoConfig) -> list[dict]:
             train_dataset=data["train"],
             eval_dataset=data["validation"],
             processing_class=processor,
-            compute_metrics=_accuracy_metric,
+            compute_metrics=compute_metrics,
         )
         trainer.train()
         res = evaluate_run(run_dir, data["test"])

@@ -6,7 +6,9 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
 
-def load_digits_dataset(train_per_class: int = 10, validation_size: int = 300, seed: int = 0) -> DatasetDict:
+def load_digits_dataset(
+    train_per_class: int = 10, validation_size: int = 300, seed: int = 0, image_size: int | None = None
+) -> DatasetDict:
     """Split sklearn's 1797 digits into a small stratified `train`, a `validation` and a `test` split.
 
     Images are 8x8 grayscale PIL images (values 0..16 scaled to 0..255) with a `label` `ClassLabel` ("0".."9").
@@ -18,6 +20,8 @@ def load_digits_dataset(train_per_class: int = 10, validation_size: int = 300, s
             Held-out images for validation (the greedy soup needs them).
         seed (`int`, *optional*, defaults to 0):
             Seed of the split.
+        image_size (`int`, *optional*):
+            Upscale the images (bilinear) to `image_size` x `image_size` RGB; 8x8 when omitted.
     """
     from sklearn.datasets import load_digits
 
@@ -42,14 +46,16 @@ def load_digits_dataset(train_per_class: int = 10, validation_size: int = 300, s
     return DatasetDict(
         {
             name: Dataset.from_dict(
-                {"image": [_to_pil(images[i]) for i in idx], "label": labels[idx].tolist()}, features=features
+                {"image": [_to_pil(images[i], image_size) for i in idx], "label": labels[idx].tolist()},
+                features=features,
             )
             for name, idx in splits.items()
         }
     )
 
 
-def _to_pil(array: np.ndarray):
+def _to_pil(array: np.ndarray, image_size: int | None):
     from PIL import Image as PILImage
 
-    return PILImage.fromarray(array, mode="L").convert("RGB")
+    image = PILImage.fromarray(array, mode="L").convert("RGB")
+    return image.resize((image_size, image_size), PILImage.BILINEAR) if image_size else image

@@ -25,7 +25,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_classifier(name_or_path: str | os.PathLike, device: torch.device | str | None = None, **kwargs: Any) -> Any:
+def load_member_model(name_or_path: str | os.PathLike, device: torch.device | str | None = None, **kwargs: Any) -> Any:
     """`AutoModelForImageClassification.from_pretrained` in eval mode on `device`, with a one-line error."""
     from transformers import AutoModelForImageClassification
 
@@ -140,7 +140,7 @@ class Ensemble:
         if not members:
             raise ValueError("`members` should list at least one member folder or repo id, got an empty list.")
         device = torch.device(device) if device is not None else default_device()
-        models = [load_classifier(m, device=device, **kwargs) for m in members]
+        models = [load_member_model(m, device=device, **kwargs) for m in members]
         ensemble = cls(models, names=[Path(str(m)).name for m in members], device=device)
         ensemble.paths = [Path(str(m)) for m in members]
         return ensemble

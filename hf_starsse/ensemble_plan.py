@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .cyclic_schedule import get_cyclic_cosine_schedule
 from .ensemble_config import EnsembleTrainingArguments
 
 
@@ -51,6 +52,10 @@ class SchedulePlan:
     cycle_lr_ratio: float
     num_first_warmup_steps: int
     num_cycle_warmup_steps: int
+
+    def create_scheduler(self, optimizer, step_offset: int = 0):
+        """The run's `get_cyclic_cosine_schedule` on `optimizer`, starting at step `step_offset` of the run."""
+        return get_cyclic_cosine_schedule(optimizer, **asdict(self), step_offset=step_offset)
 
 
 def plan_schedule(args: EnsembleTrainingArguments, steps_per_epoch: int) -> SchedulePlan:

@@ -23,7 +23,6 @@ from transformers import AutoConfig, PreTrainedModel, Trainer
 from transformers.trainer_utils import get_last_checkpoint, set_seed
 
 from . import __version__
-from .cyclic_schedule import get_cyclic_cosine_schedule
 from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_plan import MemberPlan, SchedulePlan, plan_members, plan_schedule
 from .file_utils import atomic_directory, atomic_write_json, remove_stale_temporaries
@@ -304,17 +303,8 @@ class EnsembleTrainer(Trainer):
         if self._phase is None or self._schedule is None:
             return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:
-            s = self._schedule
-            self.lr_scheduler = get_cyclic_cosine_schedule(
-                optimizer if optimizer is not None else self.optimizer,
-                num_first_steps=s.num_first_steps,
-                num_cycle_steps=s.num_cycle_steps,
-                num_cycles=s.num_cycles,
-                cycle_lr_ratio=s.cycle_lr_ratio,
-                num_first_warmup_steps=s.num_first_warmup_steps,
-                num_cycle_warmup_steps=s.num_cycle_warmup_steps,
-                step_offset=self._phase.schedule_offset,
-            )
+            optimizer = optimizer if optimizer is not None else self.optimizer
+            self.lr_scheduler = self._schedule.create_scheduler(optimizer, step_offset=self._phase.schedule_offset)
             self._created_lr_scheduler = True
         return self.lr_scheduler
 

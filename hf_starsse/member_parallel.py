@@ -16,8 +16,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from .cyclic_schedule import get_cyclic_cosine_schedule
-
 if TYPE_CHECKING:
     from .ensemble_plan import MemberPlan, SchedulePlan
     from .ensemble_trainer import EnsembleTrainer
@@ -62,16 +60,7 @@ def train_member_locally(
     trainer.model = model
     trainer.optimizer, trainer.lr_scheduler = None, None
     optimizer = trainer.create_optimizer()
-    scheduler = get_cyclic_cosine_schedule(
-        optimizer,
-        num_first_steps=schedule.num_first_steps,
-        num_cycle_steps=schedule.num_cycle_steps,
-        num_cycles=schedule.num_cycles,
-        cycle_lr_ratio=schedule.cycle_lr_ratio,
-        num_first_warmup_steps=schedule.num_first_warmup_steps,
-        num_cycle_warmup_steps=schedule.num_cycle_warmup_steps,
-        step_offset=plan.schedule_offset,
-    )
+    scheduler = schedule.create_scheduler(optimizer, step_offset=plan.schedule_offset)
     generator = torch.Generator().manual_seed(plan.seed)
     loader = _loader(trainer, trainer.train_dataset, args.per_device_train_batch_size, generator)
     accumulation = args.gradient_accumulation_steps * max(1, args.world_size)

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .basin import distance_report, interpolation_curve, plane_grid
 from .bn_recalibration import has_batchnorm, recalibrate_batchnorm
-from .ensemble import Ensemble, default_device, evaluate_model, load_classifier
+from .ensemble import Ensemble, default_device, evaluate_model, load_member_model
 from .eval_data import EVAL_DATA_DIR, make_eval_dataloader
 from .evaluation_report import write_report
 from .manifest import EnsembleManifest
@@ -196,7 +196,7 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
     template = None
     soup_models: dict[str, torch.nn.Module] = {}
     if settings.soup != "none":
-        template = load_classifier(members[0], device=device)
+        template = load_member_model(members[0], device=device)
         needs_bn = has_batchnorm(template)
         if needs_bn and bn_loader is None:
             raise ValueError(
@@ -243,13 +243,13 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
             )
         results["soups"] = soups
         for kind, soup in soups.items():
-            soup_models[f"{kind} soup"] = load_classifier(soup["path"], device=device) if settings.ood else None
+            soup_models[f"{kind} soup"] = load_member_model(soup["path"], device=device) if settings.ood else None
 
     basin: dict[str, Any] = {
         "distances": distance_report(members, manifest.base_models[0] if manifest.base_models else None)
     }
     if settings.interpolation_points and len(members) >= 2:
-        template = template or load_classifier(members[0], device=device)
+        template = template or load_member_model(members[0], device=device)
         a, b = settings.interpolate
         points = interpolation_curve(
             template,
@@ -264,7 +264,7 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
         )
         basin["interpolation"] = {"members": [a, b], "points": points}
     if settings.plane_grid and len(members) >= 3:
-        template = template or load_classifier(members[0], device=device)
+        template = template or load_member_model(members[0], device=device)
         plane = plane_grid(
             template,
             [uniform_soup([m]) for m in members[:3]],
