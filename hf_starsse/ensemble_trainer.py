@@ -99,7 +99,6 @@ class EnsembleTrainer(Trainer):
                 raise ValueError("`model_init` should take the checkpoint to load as its argument for Global DE.")
             check_same_architecture(args.pretrained_checkpoints)
         self._member_init = model_init
-        self._base_model_name = "pretrained"
         if model is None:
             set_seed(args.seeds[0])
             model = self._init_model(args.pretrained_checkpoints[0] if strategy == "global_de" else None)
