@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import ViTImageProcessor
 from ensemble_fixtures import NUM_LABELS, make_image_dataset, make_pretrained, model_init_for
+from transformers import ViTImageProcessor
 
 import hf_starsse  # noqa: F401
 

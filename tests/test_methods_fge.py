@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from methods_fixtures import make_image_dataset, make_member0, trainable_vector
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from hf_starsse import EnsembleManifest, member_dir
 from hf_starsse.methods import FGEConfig, build_fge

@@ -137,7 +137,11 @@ def batches(
     """Endless shuffled dict batches (seeded order, reshuffled each epoch), moved to `device`."""
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate_fn or default_data_collator
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        collate_fn=collate_fn or default_data_collator,
     )
     if len(loader) == 0:
         raise ValueError("`train_dataset` is empty.")
@@ -148,9 +152,7 @@ def batches(
 
 def make_optimizer(params, config: PosthocConfig) -> torch.optim.SGD:
     """SGD with the config's momentum and weight decay (its LR is set at every step by the loop)."""
-    return torch.optim.SGD(
-        params, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    return torch.optim.SGD(params, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def train_steps(
@@ -187,7 +189,7 @@ def train_steps(
     return losses
 
 
-# ----- BatchNorm ------------------------------------------------------------------------------------------------------
+# ----- BatchNorm -----------------------------------------------------------------------------------------------------
 def has_batchnorm(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
@@ -220,7 +222,7 @@ def _recalibrate_bn(model: torch.nn.Module, dataset, batch_size: int, num_batche
     return True
 
 
-# ----- flat parameter vectors -----------------------------------------------------------------------------------------
+# ----- flat parameter vectors ----------------------------------------------------------------------------------------
 def trainable_names(model: torch.nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 

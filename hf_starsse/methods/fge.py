@@ -59,7 +59,12 @@ class FGEConfig(PosthocConfig):
                 f"Give only one of `cycle_steps` ({self.cycle_steps}) and `cycle_epochs` ({self.cycle_epochs})."
             )
         if self.cycle_steps is not None:
-            _check(self.cycle_steps >= 2, "cycle_steps", self.cycle_steps, "should be at least 2 (a cycle goes down and up)")
+            _check(
+                self.cycle_steps >= 2,
+                "cycle_steps",
+                self.cycle_steps,
+                "should be at least 2 (a cycle goes down and up)",
+            )
         if self.cycle_epochs is not None:
             _check(self.cycle_epochs > 0, "cycle_epochs", self.cycle_epochs, "should be positive")
         _check(
@@ -82,7 +87,9 @@ class FGEConfig(PosthocConfig):
         return steps
 
 
-def fge_learning_rate(step: int, cycle_steps: int, max_lr: float, min_lr: float, schedule: str = "triangular") -> float:
+def fge_learning_rate(
+    step: int, cycle_steps: int, max_lr: float, min_lr: float, schedule: str = "triangular"
+) -> float:
     """LR at `step` (counted from the first cycle's start): `max_lr` at each cycle's start, `min_lr` at step
     `cycle_steps // 2` of the cycle, back towards `max_lr` at its end."""
     s = step % cycle_steps

@@ -110,7 +110,12 @@ def check_laplace_supported(model: torch.nn.Module, config: LaplaceConfig) -> No
 
 
 def fit_laplace(model: PreTrainedModel, train_dataset, config: LaplaceConfig, data_collator=None):
-    """Fit `laplace-torch`'s Laplace approximation around `model` (the MAP) on `train_dataset`; returns it."""
+    """Fit `laplace-torch`'s Laplace approximation around `model` (the MAP) on `train_dataset`.
+
+    Returns:
+        `(la, wrapped)`: the fitted `laplace-torch` object and the [`LogitsModel`] around `model` it was fitted on
+        (last-layer Laplace works on a deep copy of it).
+    """
     try:
         from laplace import Laplace
     except ImportError as err:
@@ -133,15 +138,15 @@ def fit_laplace(model: PreTrainedModel, train_dataset, config: LaplaceConfig, da
     la.fit(loader)
     if config.optimize_prior_precision:
         la.optimize_prior_precision(method="marglik")
-    return la
+    return la, wrapped
 
 
-def posterior_parameters(la) -> list[torch.nn.Parameter]:
-    """The parameters the posterior is over, in the order of `la.mean` (last layer or the whole network)."""
-    last_layer = getattr(la.model, "last_layer", None)
-    if last_layer is not None:
-        return list(last_layer.parameters())
-    return list(la.params)
+def posterior_parameters(la, wrapped: LogitsModel) -> list[torch.nn.Parameter]:
+    """`wrapped`'s parameters the posterior is over, in the order of `la.mean` (its last layer or all of them)."""
+    last_layer_name = getattr(la.model, "_last_layer_name", None)
+    if getattr(la.model, "last_layer", None) is not None and last_layer_name is not None:
+        return list(wrapped.get_submodule(last_layer_name).parameters())
+    return [p for p in wrapped.parameters() if p.requires_grad]
 
 
 def dense_posterior_covariance(la) -> torch.Tensor:
@@ -184,8 +189,12 @@ def build_laplace(
     check_laplace_supported(model, config)
     writer = RunWriter(output_dir, "laplace", config, name, source)
     writer.start()
-    la = fit_laplace(model, train_dataset, config, data_collator)
-    params = posterior_parameters(la)
+    la, wrapped = fit_laplace(model, train_dataset, config, data_collator)
+    params = posterior_parameters(la, wrapped)
+    num_params = sum(p.numel() for p in params)
+    if num_params != la.mean.numel():
+        raise RuntimeError(f"The posterior has {la.mean.numel()} parameters, the model's matching ones {num_params}.")
+    last_layer = getattr(la.model, "_last_layer_name", None)
     map_vector = la.mean.detach().clone()
     prior = la.prior_precision
     prior = prior.tolist() if prior.numel() > 1 else float(prior)
@@ -200,7 +209,13 @@ def build_laplace(
         writer.save_member(
             model,
             seed=seed,
-            metrics={"role": "laplace_sample", "sample_seed": seed, "prior_precision": prior},
+            metrics={
+                "role": "laplace_sample",
+                "sample_seed": seed,
+                "prior_precision": prior,
+                "subset_of_weights": config.subset_of_weights,
+                "last_layer": last_layer.removeprefix("model.") if last_layer else None,
+            },
         )
     with torch.no_grad():
         vector_to_parameters(map_vector, params)

@@ -73,14 +73,14 @@ class SPROConfig(PosthocConfig):
 
     def validate(self) -> None:
         super().validate()
-        _check(self.num_vertices >= 2, "num_vertices", self.num_vertices, "should be at least 2 (member 0 and one more)")
+        _check(
+            self.num_vertices >= 2, "num_vertices", self.num_vertices, "should be at least 2 (member 0 and one more)"
+        )
         if self.vertex_steps is None and self.vertex_epochs is None:
             raise ValueError("Give the training length of each vertex: `vertex_steps` or `vertex_epochs`.")
         if self.vertex_steps is not None:
             _check(self.vertex_steps >= 1, "vertex_steps", self.vertex_steps, "should be >= 1")
-        _check(
-            self.volume_regularization >= 0, "volume_regularization", self.volume_regularization, "should be >= 0"
-        )
+        _check(self.volume_regularization >= 0, "volume_regularization", self.volume_regularization, "should be >= 0")
         _check(self.init_std > 0, "init_std", self.init_std, "should be positive")
 
 
@@ -138,7 +138,7 @@ def build_spro(
     vertices = [flat_params(model, names).to(device)]
     generator = torch.Generator().manual_seed(config.seed)
     batch_iter = batches(train_dataset, config.batch_size, config.seed, device, data_collator)
-    for j in range(1, config.num_vertices):
+    for _j in range(1, config.num_vertices):
         init = vertices[0] + config.init_std * torch.randn(vertices[0].shape, generator=generator).to(device)
         vertex = torch.nn.Parameter(init)
         fixed = list(vertices)

@@ -1,9 +1,9 @@
 """SWA and SWAG (Izmailov et al. 2018; Maddox et al. 2019) as a post-hoc builder over a fine-tuned member 0.
 
 From member 0, SGD runs at a constant LR (or along FGE-style triangular cycles) and the trainable weights are collected
-`num_snapshots` times (every `collect_every_steps` steps, or at each cycle's low point). The running first and second
-moments and the last `rank` deviations `theta_i - mean_i` are kept on the CPU as flat float32 vectors, outside the
-optimizer. SWA is the mean; a SWAG sample is, as in the authors' code,
+`num_snapshots` times (every `collect_every_steps` steps, or at each cycle's low point). The running mean and variance
+(Welford's update) and the last `rank` deviations `theta_i - mean_i` are kept on the CPU as flat float32 vectors,
+outside the optimizer. SWA is the mean; a SWAG sample is, as in the authors' code,
 
     theta = mean + sqrt(scale) * (sqrt(var) * z1 + D^T z2 / sqrt(max(K - 1, 1))) / sqrt(2),   z1, z2 ~ N(0, I)
 
@@ -32,6 +32,7 @@ from ._common import (
     _check,
     _recalibrate_bn,
     batches,
+    flat_params,
     has_batchnorm,
     load_flat_params,
     load_member0,
@@ -39,7 +40,6 @@ from ._common import (
     steps_from,
     train_steps,
     trainable_names,
-    flat_params,
 )
 from .fge import fge_learning_rate, is_snapshot_step
 
@@ -97,7 +97,9 @@ class SWAGConfig(PosthocConfig):
         _check(self.num_snapshots >= 2, "num_snapshots", self.num_snapshots, "should be at least 2")
         _check(self.rank >= 1, "rank", self.rank, "should be at least 1")
         _check(self.scale >= 0, "scale", self.scale, "should be >= 0")
-        _check(self.covariance in SWAG_COVARIANCES, "covariance", self.covariance, f"should be one of {SWAG_COVARIANCES}")
+        _check(
+            self.covariance in SWAG_COVARIANCES, "covariance", self.covariance, f"should be one of {SWAG_COVARIANCES}"
+        )
         _check(self.schedule in SWAG_SCHEDULES, "schedule", self.schedule, f"should be one of {SWAG_SCHEDULES}")
         if self.collect_every_steps is None and self.collect_every_epochs is None:
             raise ValueError("Give the collection interval: `collect_every_steps` or `collect_every_epochs`.")
@@ -121,7 +123,11 @@ class SWAGConfig(PosthocConfig):
     def resolve_interval(self, dataset_size: int) -> int:
         per_epoch = self.steps_per_epoch(dataset_size)
         steps = steps_from(
-            self.collect_every_steps, self.collect_every_epochs, "collect_every_steps", "collect_every_epochs", per_epoch
+            self.collect_every_steps,
+            self.collect_every_epochs,
+            "collect_every_steps",
+            "collect_every_epochs",
+            per_epoch,
         )
         if self.schedule == "cyclic" and steps < 2:
             raise ValueError(
@@ -145,21 +151,28 @@ class SWAGMoments:
         self.rank = rank
         self.num_collected = 0
         self.mean = torch.zeros(num_params, dtype=torch.float32)
-        self.sq_mean = torch.zeros(num_params, dtype=torch.float32)
+        self.m2 = torch.zeros(num_params, dtype=torch.float32)  # sum of squared deviations from the running mean
         self.deviations: deque[torch.Tensor] = deque(maxlen=rank)
 
     def collect(self, vector: torch.Tensor) -> None:
-        """Add one snapshot (a flat vector) to the running moments."""
+        """Add one snapshot (a flat vector) to the running moments (Welford's update: stable in float32, where the
+        authors' `E[x^2] - E[x]^2` loses the small variances of large weights to rounding)."""
         v = vector.detach().to("cpu", torch.float32)
         self.num_collected += 1
-        n = self.num_collected
-        self.mean.mul_((n - 1) / n).add_(v, alpha=1 / n)
-        self.sq_mean.mul_((n - 1) / n).add_(v * v, alpha=1 / n)
-        self.deviations.append(v - self.mean)
+        delta = v - self.mean
+        self.mean.add_(delta, alpha=1 / self.num_collected)
+        deviation = v - self.mean
+        self.m2.add_(delta * deviation)
+        self.deviations.append(deviation)
+
+    @property
+    def sq_mean(self) -> torch.Tensor:
+        """The second moment `E[x^2]`."""
+        return self.variance(0.0) + self.mean * self.mean
 
     def variance(self, var_clamp: float = 1e-30) -> torch.Tensor:
-        """The diagonal variance `E[x^2] - E[x]^2`, clamped below at `var_clamp`."""
-        return torch.clamp(self.sq_mean - self.mean * self.mean, min=var_clamp)
+        """The diagonal (population) variance of the snapshots, clamped below at `var_clamp`."""
+        return torch.clamp(self.m2 / max(self.num_collected, 1), min=var_clamp)
 
     def deviation_matrix(self) -> torch.Tensor:
         """`D`, `(K, num_params)`: the kept deviations as rows."""
@@ -181,7 +194,9 @@ class SWAGMoments:
         lowrank = d.T @ z2 / max(d.shape[0] - 1, 1) ** 0.5
         return self.mean + scale**0.5 * (std * z1 + lowrank) / 2**0.5
 
-    def sample_variance(self, scale: float = 0.5, covariance: str = "lowrank", var_clamp: float = 1e-30) -> torch.Tensor:
+    def sample_variance(
+        self, scale: float = 0.5, covariance: str = "lowrank", var_clamp: float = 1e-30
+    ) -> torch.Tensor:
         """The exact diagonal variance of `sample` (for checks)."""
         var = self.variance(var_clamp)
         if covariance == "diagonal":
@@ -193,7 +208,7 @@ class SWAGMoments:
         """Write the moments to a safetensors file (through a temporary file and a rename)."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
-        tensors = {"mean": self.mean, "sq_mean": self.sq_mean, "deviations": self.deviation_matrix().contiguous()}
+        tensors = {"mean": self.mean, "m2": self.m2, "deviations": self.deviation_matrix().contiguous()}
         metadata = {"names": json.dumps(self.names), "rank": str(self.rank), "num_collected": str(self.num_collected)}
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)
@@ -204,7 +219,7 @@ class SWAGMoments:
             metadata = f.metadata()
         tensors = load_file(str(path))
         moments = cls(json.loads(metadata["names"]), tensors["mean"].numel(), int(metadata["rank"]))
-        moments.mean, moments.sq_mean = tensors["mean"], tensors["sq_mean"]
+        moments.mean, moments.m2 = tensors["mean"], tensors["m2"]
         moments.deviations.extend(tensors["deviations"].unbind(0))
         moments.num_collected = int(metadata["num_collected"])
         return moments
@@ -290,7 +305,10 @@ def build_swag(
         load_flat_params(model, names, moments.mean)
         _recalibrate_bn(model, train_dataset, config.batch_size, config.bn_recalibration_batches)
         writer.save_member(
-            model, seed=config.seed, metrics={"role": "swa_mean", "num_collected": moments.num_collected, "bn_recalibrated": bn}, **common
+            model,
+            seed=config.seed,
+            metrics={"role": "swa_mean", "num_collected": moments.num_collected, "bn_recalibrated": bn},
+            **common,
         )
     else:
         for i in range(config.num_members):
