@@ -67,6 +67,11 @@ def test_build_fge_snapshots_at_low_points(member0, tmp_path):
     assert (folder / "preprocessor_config.json").is_file()  # the processor travels with each member
     assert json.loads((folder / "member.json").read_text())["index"] == 2
     assert out.details["cycle_steps"] == 4
+    # the run loads like any other ensemble
+    from hf_starsse.modeling_ensemble import EnsembleForImageClassification
+
+    ensemble = EnsembleForImageClassification.from_pretrained(tmp_path / "run")
+    assert ensemble.num_members == 4 and ensemble.config.strategy == "fge" and ensemble.image_processor is not None
 
 
 def test_invalid_cycles_fail_before_training(member0, tmp_path):

@@ -270,6 +270,7 @@ class RunWriter:
                 "overwritten)."
             )
         self.source_dir = source_dir
+        self.base_model = base_model
         hyperparameters = {"method": strategy, **config.to_dict(), **(extra_hyperparameters or {})}
         self.manifest = EnsembleManifest(
             strategy=strategy,
@@ -294,14 +295,14 @@ class RunWriter:
         schedule_offset: int = 0,
         metrics: dict[str, Any] | None = None,
     ) -> MemberRecord:
-        """Save `model` as the next member (parent: member 0 of the source run)."""
+        """Save `model` as the next member (`init_from`: the member 0 it was built from; no parent in this run)."""
         index = len(self.manifest.members)
         record = MemberRecord(
             index=index,
             path=f"{MEMBERS_DIR}/member-{index}",
             seed=seed,
             parent=None,
-            init_from="member0",
+            init_from=self.base_model,
             learning_rate=float(learning_rate),
             num_steps=int(num_steps),
             num_epochs=float(num_epochs),
