@@ -8,6 +8,7 @@ import sys
 
 # Each module defines `register(subparsers)` that adds its sub-command and sets `func` (args -> int exit code).
 COMMAND_MODULES = [
+    "hf_starsse.commands.compare",
     "hf_starsse.commands.demo",
     "hf_starsse.commands.push",
     "hf_starsse.commands.evaluate",

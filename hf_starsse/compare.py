@@ -1,0 +1,340 @@
+"""`hf-starsse compare`: every method on one setup (the offline demo: ImageNet EfficientNet-Lite0 on a small split of
+scikit-learn's digits) with matched budgets, one table and one plot.
+
+Budgets: every method gets about `num_members * epochs` epochs of optimizer steps in total. Local DE trains K members
+of `epochs` epochs; SSE / StarSSE a first fine-tuning of `epochs` and K - 1 cycles of `epochs` (ratios 1). The post-hoc
+methods start from one shared member 0 (the same recipe and seed as Local DE's member 0, taken from a trained run when
+there is one) and spend the remaining `(K - 1) * epochs` epochs: FGE in K - 1 cycles, SWA / SWAG collecting 20
+snapshots at a constant LR, cSGLD in K cycles, SPRO training 2 vertices; Laplace does not train. Their wall time
+includes member 0's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from .demo import _accuracy_metric, _model_init, predict_probabilities, prepare_data
+from .efficientnet_lite0 import build_efficientnet_lite0_checkpoint
+from .ensemble_config import EnsembleTrainingArguments
+from .ensemble_trainer import EnsembleTrainer
+from .file_utils import atomic_write_json, atomic_write_text
+from .manifest import EnsembleManifest, member_dir
+from .methods import (
+    CSGLDConfig,
+    FGEConfig,
+    LaplaceConfig,
+    SPROConfig,
+    SWAGConfig,
+    build_csgld,
+    build_fge,
+    build_laplace,
+    build_spro,
+    build_swag,
+)
+from .methods._common import _recalibrate_bn
+from .soups import uniform_soup
+
+TRAINER_METHODS = ("local_de", "sse", "star_sse")
+POSTHOC_METHODS = ("fge", "swa", "swag", "csgld", "laplace", "spro")
+COMPARE_METHODS = TRAINER_METHODS + POSTHOC_METHODS
+RESULTS_NAME = "compare_results.json"
+TABLE_NAME = "compare_table.md"
+PLOT_NAME = "compare.png"
+
+
+@dataclass
+class CompareConfig:
+    """Settings of `hf-starsse compare`.
+
+    Args:
+        output_dir (`str`): Where the checkpoint, one run folder per method, the table and the plot go.
+        methods (`tuple[str, ...]`): Methods to run, among `COMPARE_METHODS`.
+        num_members (`int`): Ensemble size K (SWA is always one model).
+        train_per_class (`int`): Training images per digit class.
+        image_size (`int`): Side of the upscaled digit images.
+        epochs (`float`): Epochs of one fine-tuning (member 0, and each SSE / StarSSE cycle).
+        learning_rate (`float`): SGD learning rate of the fine-tunings and the post-hoc methods' peak LR.
+        batch_size (`int`): Training batch size.
+        seed (`int`): Base seed.
+        csgld_temperature (`float`): cSGLD posterior temperature.
+        max_test_examples (`int`, *optional*): Evaluate on the first this many test images only (all when `None`).
+    """
+
+    output_dir: str = "hf_starsse_compare"
+    methods: tuple[str, ...] = COMPARE_METHODS
+    num_members: int = 3
+    train_per_class: int = 10
+    image_size: int = 32
+    epochs: float = 5
+    learning_rate: float = 0.01
+    batch_size: int = 16
+    seed: int = 42
+    csgld_temperature: float = 1e-3
+    max_test_examples: int | None = None
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in COMPARE_METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"`methods` should be taken from {', '.join(COMPARE_METHODS)}, got {unknown or '[]'}.")
+        if self.num_members < 2:
+            raise ValueError(f"`num_members` should be at least 2, got {self.num_members}.")
+        if self.max_test_examples is not None and self.max_test_examples < 1:
+            raise ValueError(f"`max_test_examples` should be positive or None, got {self.max_test_examples}.")
+        if self.epochs <= 0:
+            raise ValueError(f"`epochs` should be positive, got {self.epochs}.")
+        if Path(self.output_dir, RESULTS_NAME).exists():
+            raise FileExistsError(f"`output_dir` {self.output_dir} already holds a comparison; choose another folder.")
+
+
+# ----- metrics (private: the evaluation module's `hf_starsse.metrics` is to replace them) ----------------------------
+def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
+def _ece(probs: np.ndarray, labels: np.ndarray, num_bins: int = 15) -> float:
+    confidence, prediction = probs.max(-1), probs.argmax(-1)
+    correct = (prediction == labels).astype(np.float64)
+    bins = np.minimum((confidence * num_bins).astype(int), num_bins - 1)
+    ece = 0.0
+    for b in range(num_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def _diversity(member_probs: list[np.ndarray], labels: np.ndarray) -> float:
+    """100 * mean over pairs of disagreement / max(error of the two) (DESIGN.md); nan for a single member."""
+    preds = [p.argmax(-1) for p in member_probs]
+    errors = [float((p != labels).mean()) for p in preds]
+    values = []
+    for i in range(len(preds)):
+        for j in range(len(preds)):
+            if i != j and max(errors[i], errors[j]) > 0:
+                values.append(float((preds[i] != preds[j]).mean()) / max(errors[i], errors[j]))
+    return 100 * float(np.mean(values)) if values else float("nan")
+
+
+# ----- running the methods -------------------------------------------------------------------------------------------
+def _trainer_run(config: CompareConfig, strategy: str, checkpoint: str, processor, data, num_members: int) -> Path:
+    run_dir = Path(config.output_dir) / (strategy if num_members > 1 else "member0")
+    args = EnsembleTrainingArguments(
+        output_dir=str(run_dir),
+        ensemble_strategy=strategy,
+        num_members=num_members,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        optim="sgd",
+        optim_args="momentum=0.9",
+        weight_decay=1e-4,
+        max_grad_norm=0.0,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=256,
+        seed=config.seed,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        report_to="none",
+        dataloader_num_workers=0,
+    )
+    EnsembleTrainer(
+        model_init=partial(_model_init, checkpoint, 10),
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        processing_class=processor,
+        compute_metrics=_accuracy_metric,
+    ).train()
+    return run_dir
+
+
+def _posthoc_run(config: CompareConfig, method: str, member0: Path, train) -> Path:
+    k, lr, seed, bs = config.num_members, config.learning_rate, config.seed, config.batch_size
+    steps_per_epoch = -(-len(train) // bs)
+    budget = max(2, round((k - 1) * config.epochs * steps_per_epoch))  # optimizer steps after member 0
+    run_dir = Path(config.output_dir) / method
+    common = dict(batch_size=bs, seed=seed, weight_decay=1e-4)
+    if method == "fge":
+        cfg = FGEConfig(
+            num_members=k,
+            learning_rate=lr,
+            min_learning_rate=lr / 100,
+            **common,
+            cycle_steps=max(2, budget // (k - 1)),
+        )
+        build_fge(member0, train, run_dir, cfg)
+    elif method in ("swa", "swag"):
+        snapshots = max(2, min(20, budget))
+        cfg = SWAGConfig(
+            method=method,
+            num_members=1 if method == "swa" else k,
+            learning_rate=lr / 2,
+            num_snapshots=snapshots,
+            collect_every_steps=max(1, budget // snapshots),
+            rank=min(20, snapshots),
+            **common,
+        )
+        build_swag(member0, train, run_dir, cfg)
+    elif method == "csgld":
+        cycle = max(2, budget // k)
+        cfg = CSGLDConfig(
+            num_members=k,
+            learning_rate=lr,
+            cycle_steps=cycle,
+            exploration_fraction=min(0.8, (cycle - 1) / cycle),  # at least one sampling step per cycle
+            temperature=config.csgld_temperature,
+            **common,
+        )
+        build_csgld(member0, train, run_dir, cfg)
+    elif method == "laplace":
+        build_laplace(member0, train, run_dir, LaplaceConfig(num_members=k, **common))
+    elif method == "spro":
+        cfg = SPROConfig(
+            num_members=k, num_vertices=3, vertex_steps=max(1, budget // 2), learning_rate=lr / 2, **common
+        )
+        build_spro(member0, train, run_dir, cfg)
+    return run_dir
+
+
+def _total_steps(run_dir: Path) -> int:
+    return int(sum(m.num_steps for m in EnsembleManifest.load(run_dir).members))
+
+
+def evaluate_method(run_dir: Path, data, batch_size: int) -> dict:
+    """Ensemble accuracy / NLL / ECE, member diversity and uniform-soup accuracy of a run on the test split."""
+    manifest = EnsembleManifest.load(run_dir)
+    test, labels = data["test"], np.asarray(data["test"]["labels"])
+    member_probs = [
+        predict_probabilities(AutoModelForImageClassification.from_pretrained(p), test)
+        for p in manifest.member_paths(run_dir)
+    ]
+    ensemble = np.mean(member_probs, axis=0)
+    soup_model = AutoModelForImageClassification.from_pretrained(manifest.member_paths(run_dir)[0])
+    soup_model.load_state_dict(uniform_soup(manifest.member_paths(run_dir)))
+    _recalibrate_bn(soup_model, data["train"], batch_size)
+    soup = predict_probabilities(soup_model, test)
+    return {
+        "num_members": len(member_probs),
+        "accuracy": float((ensemble.argmax(-1) == labels).mean()),
+        "nll": _nll(ensemble, labels),
+        "ece": _ece(ensemble, labels),
+        "diversity": _diversity(member_probs, labels),
+        "soup_accuracy": float((soup.argmax(-1) == labels).mean()),
+        "mean_member_accuracy": float(np.mean([(p.argmax(-1) == labels).mean() for p in member_probs])),
+    }
+
+
+def format_compare_table(rows: list[dict]) -> str:
+    lines = [
+        "| method | members | train steps | accuracy | NLL | ECE | diversity | soup accuracy | mean member acc. "
+        "| wall time (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['num_members']} | {r['train_steps']} | {r['accuracy']:.4f} | {r['nll']:.4f} | "
+            f"{r['ece']:.4f} | {r['diversity']:.1f} | {r['soup_accuracy']:.4f} | {r['mean_member_accuracy']:.4f} | "
+            f"{r['wall_time_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_compare(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["method"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, key, title in zip(
+        axes, ("accuracy", "nll", "soup_accuracy"), ("ensemble test accuracy", "ensemble test NLL", "soup accuracy")
+    ):
+        ax.bar(names, [r[key] for r in rows], color="tab:blue")
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run_compare(config: CompareConfig) -> list[dict]:
+    """Run every method of `config.methods` on the demo setup; writes the results JSON, the table and the plot."""
+    out = Path(config.output_dir)
+    start = time.time()
+    checkpoint = str(build_efficientnet_lite0_checkpoint(out / "pretrained" / "efficientnet_lite0"))
+    processor = AutoImageProcessor.from_pretrained(checkpoint)
+    data = prepare_data(processor, config.image_size, config.train_per_class, config.seed)
+    if config.max_test_examples is not None and config.max_test_examples < len(data["test"]):
+        data["test"] = data["test"].select(range(config.max_test_examples))
+    print(
+        f"[compare] {len(data['train'])} train / {len(data['test'])} test digits at {config.image_size}px", flush=True
+    )
+    times: dict[str, float] = {}
+    run_dirs: dict[str, Path] = {}
+    for method in [m for m in TRAINER_METHODS if m in config.methods]:
+        t = time.time()
+        run_dirs[method] = _trainer_run(config, method, checkpoint, processor, data, config.num_members)
+        times[method] = time.time() - t
+        print(f"[compare] {method}: trained in {times[method]:.0f}s", flush=True)
+    posthoc = [m for m in POSTHOC_METHODS if m in config.methods]
+    if posthoc:
+        source = next((m for m in ("local_de", "star_sse", "sse") if m in run_dirs), None)
+        if source is not None:  # same recipe and seed as a fresh member 0: reuse it, at its share of the time
+            member0, member0_time = member_dir(run_dirs[source], 0), times[source] / config.num_members
+        else:
+            t = time.time()
+            member0 = member_dir(_trainer_run(config, "local_de", checkpoint, processor, data, 1), 0)
+            member0_time = time.time() - t
+        member0_steps = EnsembleManifest.load(member0.parent.parent).members[0].num_steps
+        for method in posthoc:
+            t = time.time()
+            run_dirs[method] = _posthoc_run(config, method, member0, data["train"])
+            times[method] = time.time() - t + member0_time
+            print(f"[compare] {method}: built in {time.time() - t:.0f}s (+ member 0)", flush=True)
+    rows = []
+    for method in [m for m in COMPARE_METHODS if m in run_dirs]:
+        steps = _total_steps(run_dirs[method])
+        if method in POSTHOC_METHODS:
+            steps = member0_steps + _posthoc_steps(run_dirs[method])
+        rows.append(
+            {
+                "method": method,
+                "train_steps": steps,
+                "wall_time_s": times[method],
+                **evaluate_method(run_dirs[method], data, config.batch_size),
+            }
+        )
+    table = format_compare_table(rows)
+    atomic_write_json(out / RESULTS_NAME, {"config": asdict(config), "rows": rows})
+    atomic_write_text(out / TABLE_NAME, table + "\n")
+    plot_compare(rows, out / PLOT_NAME)
+    print("\n" + table + "\n", flush=True)
+    print(f"[compare] done in {time.time() - start:.0f}s; {out / TABLE_NAME}, {out / PLOT_NAME}", flush=True)
+    return rows
+
+
+def _posthoc_steps(run_dir: Path) -> int:
+    """Optimizer steps a post-hoc builder ran (its manifest's hyper-parameters and members)."""
+    manifest = EnsembleManifest.load(run_dir)
+    h = manifest.hyperparameters
+    if manifest.strategy == "laplace":
+        return 0
+    if manifest.strategy == "spro":
+        return int(h["resolved_vertex_steps"]) * (int(h["num_vertices"]) - 1)
+    return int(max(m.num_steps for m in manifest.members))
+
+
+def load_compare_results(output_dir: str | os.PathLike) -> dict:
+    return json.loads((Path(output_dir) / RESULTS_NAME).read_text())
