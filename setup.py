@@ -18,10 +18,11 @@ _deps = [
     "jinja2",
 ]
 extras = {
-    "ood": ["imagecorruptions"],
-    "test": ["pytest>=7", "pytest-timeout"],
-    "dev": ["pytest>=7", "pytest-timeout", "ruff"],
+    "ood": ["imagecorruptions", "scikit-image"],
+    "laplace": ["laplace-torch"],
 }
+extras["test"] = ["pytest>=7", "pytest-timeout", *extras["ood"], *extras["laplace"]]
+extras["dev"] = [*extras["test"], "ruff"]
 
 setup(
     name="hf_starsse",

@@ -18,13 +18,12 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-from .demo import _accuracy_metric, _model_init, predict_probabilities, prepare_data
+from .demo import _model_init, load_demo_data
 from .efficientnet_lite0 import build_efficientnet_lite0_checkpoint
+from .ensemble import Ensemble, evaluate_model, load_member_model
 from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_trainer import EnsembleTrainer
+from .eval_data import make_eval_dataloader
 from .file_utils import atomic_write_json, atomic_write_text
 from .manifest import EnsembleManifest, member_dir
 from .methods import (
@@ -40,7 +39,8 @@ from .methods import (
     build_swag,
 )
 from .methods._common import _recalibrate_bn
-from .soups import uniform_soup
+from .metrics import compute_metrics
+from .soups import load_soup_into, uniform_soup
 
 TRAINER_METHODS = ("local_de", "sse", "star_sse")
 POSTHOC_METHODS = ("fge", "swa", "swag", "csgld", "laplace", "spro")
@@ -94,35 +94,6 @@ class CompareConfig:
             raise FileExistsError(f"`output_dir` {self.output_dir} already holds a comparison; choose another folder.")
 
 
-# ----- metrics (private: the evaluation module's `hf_starsse.metrics` is to replace them) ----------------------------
-def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
-
-
-def _ece(probs: np.ndarray, labels: np.ndarray, num_bins: int = 15) -> float:
-    confidence, prediction = probs.max(-1), probs.argmax(-1)
-    correct = (prediction == labels).astype(np.float64)
-    bins = np.minimum((confidence * num_bins).astype(int), num_bins - 1)
-    ece = 0.0
-    for b in range(num_bins):
-        mask = bins == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(ece)
-
-
-def _diversity(member_probs: list[np.ndarray], labels: np.ndarray) -> float:
-    """100 * mean over pairs of disagreement / max(error of the two) (DESIGN.md); nan for a single member."""
-    preds = [p.argmax(-1) for p in member_probs]
-    errors = [float((p != labels).mean()) for p in preds]
-    values = []
-    for i in range(len(preds)):
-        for j in range(len(preds)):
-            if i != j and max(errors[i], errors[j]) > 0:
-                values.append(float((preds[i] != preds[j]).mean()) / max(errors[i], errors[j]))
-    return 100 * float(np.mean(values)) if values else float("nan")
-
-
 # ----- running the methods -------------------------------------------------------------------------------------------
 def _trainer_run(config: CompareConfig, strategy: str, checkpoint: str, processor, data, num_members: int) -> Path:
     run_dir = Path(config.output_dir) / (strategy if num_members > 1 else "member0")
@@ -152,7 +123,7 @@ def _trainer_run(config: CompareConfig, strategy: str, checkpoint: str, processo
         train_dataset=data["train"],
         eval_dataset=data["validation"],
         processing_class=processor,
-        compute_metrics=_accuracy_metric,
+        compute_metrics=compute_metrics,
     ).train()
     return run_dir
 
@@ -211,25 +182,21 @@ def _total_steps(run_dir: Path) -> int:
 
 def evaluate_method(run_dir: Path, data, batch_size: int) -> dict:
     """Ensemble accuracy / NLL / ECE, member diversity and uniform-soup accuracy of a run on the test split."""
-    manifest = EnsembleManifest.load(run_dir)
-    test, labels = data["test"], np.asarray(data["test"]["labels"])
-    member_probs = [
-        predict_probabilities(AutoModelForImageClassification.from_pretrained(p), test)
-        for p in manifest.member_paths(run_dir)
-    ]
-    ensemble = np.mean(member_probs, axis=0)
-    soup_model = AutoModelForImageClassification.from_pretrained(manifest.member_paths(run_dir)[0])
-    soup_model.load_state_dict(uniform_soup(manifest.member_paths(run_dir)))
+    members = EnsembleManifest.load(run_dir).member_paths(run_dir)
+    test_loader = make_eval_dataloader(data["test"], batch_size=256)
+    result = Ensemble.from_pretrained(members, device="cpu").evaluate(test_loader)
+    soup_model = load_member_model(members[0], device="cpu")
+    load_soup_into(soup_model, uniform_soup(members))
     _recalibrate_bn(soup_model, data["train"], batch_size)
-    soup = predict_probabilities(soup_model, test)
+    soup = evaluate_model(soup_model, test_loader)
     return {
-        "num_members": len(member_probs),
-        "accuracy": float((ensemble.argmax(-1) == labels).mean()),
-        "nll": _nll(ensemble, labels),
-        "ece": _ece(ensemble, labels),
-        "diversity": _diversity(member_probs, labels),
-        "soup_accuracy": float((soup.argmax(-1) == labels).mean()),
-        "mean_member_accuracy": float(np.mean([(p.argmax(-1) == labels).mean() for p in member_probs])),
+        "num_members": len(members),
+        "accuracy": result["ensemble"]["accuracy"],
+        "nll": result["ensemble"]["nll"],
+        "ece": result["ensemble"]["ece"],
+        "diversity": result["diversity"] if len(members) > 1 else float("nan"),
+        "soup_accuracy": soup["accuracy"],
+        "mean_member_accuracy": result["mean_member"]["accuracy"],
     }
 
 
@@ -274,8 +241,7 @@ def run_compare(config: CompareConfig) -> list[dict]:
     out = Path(config.output_dir)
     start = time.time()
     checkpoint = str(build_efficientnet_lite0_checkpoint(out / "pretrained" / "efficientnet_lite0"))
-    processor = AutoImageProcessor.from_pretrained(checkpoint)
-    data = prepare_data(processor, config.image_size, config.train_per_class, config.seed)
+    processor, _, data = load_demo_data(checkpoint, config.image_size, config.train_per_class, config.seed)
     if config.max_test_examples is not None and config.max_test_examples < len(data["test"]):
         data["test"] = data["test"].select(range(config.max_test_examples))
     print(

@@ -67,6 +67,14 @@ def prepare_data(raw: DatasetDict, processor, image_size: int) -> DatasetDict:
     return DatasetDict({name: process(split) for name, split in raw.items()}).with_format("torch")
 
 
+def load_demo_data(checkpoint: str, image_size: int, train_per_class: int, seed: int):
+    """The members' image processor (the checkpoint's normalisation at `image_size`; saved with each member), the raw
+    digits splits (upscaled to `image_size`) and the processed splits."""
+    processor = AutoImageProcessor.from_pretrained(checkpoint, size={"height": image_size, "width": image_size})
+    raw = load_digits_dataset(train_per_class=train_per_class, seed=seed, image_size=image_size)
+    return processor, raw, prepare_data(raw, processor, image_size)
+
+
 def _model_init(checkpoint: str, num_labels: int) -> torch.nn.Module:
     labels = [str(d) for d in range(num_labels)]
     return AutoModelForImageClassification.from_pretrained(
@@ -111,11 +119,7 @@ def run_demo(config: DemoConfig) -> list[dict]:
     start = time.time()
     print(f"[demo] converting the packaged ImageNet EfficientNet-Lite0 into {out / 'pretrained'}", flush=True)
     checkpoint = str(build_efficientnet_lite0_checkpoint(out / "pretrained" / "efficientnet_lite0"))
-    # the members' image processor: the checkpoint's normalisation at the demo's resolution (saved with each member)
-    size = {"height": config.image_size, "width": config.image_size}
-    processor = AutoImageProcessor.from_pretrained(checkpoint, size=size)
-    raw = load_digits_dataset(train_per_class=config.train_per_class, seed=config.seed, image_size=config.image_size)
-    data = prepare_data(raw, processor, config.image_size)
+    processor, raw, data = load_demo_data(checkpoint, config.image_size, config.train_per_class, config.seed)
     print(
         f"[demo] digits: {len(data['train'])} train / {len(data['validation'])} validation / {len(data['test'])} test "
         f"images at {config.image_size}px",

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoConfig, PreTrainedModel, default_data_collator
 
 from .. import __version__
+from ..bn_recalibration import has_batchnorm, recalibrate_batchnorm
 from ..file_utils import atomic_directory, atomic_write_json
 from ..manifest import MANIFEST_NAME, MEMBER_INFO_NAME, MEMBERS_DIR, EnsembleManifest, MemberRecord, member_dir
 
@@ -190,35 +191,14 @@ def train_steps(
 
 
 # ----- BatchNorm -----------------------------------------------------------------------------------------------------
-def has_batchnorm(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 @torch.no_grad()
 def _recalibrate_bn(model: torch.nn.Module, dataset, batch_size: int, num_batches: int | None = None) -> bool:
-    """Recompute BatchNorm running statistics as a cumulative average over training batches (train mode, no grad).
-
-    Private stand-in for `hf_starsse.bn_recalibration.recalibrate_batchnorm` (evaluation branch). `update_bn` of
-    `torch.optim.swa_utils` does not take dict batches. Returns whether the model had BatchNorm layers.
-    """
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
+    """`hf_starsse.bn_recalibration.recalibrate_batchnorm` over `dataset` (in order); returns whether the model has
+    BatchNorm layers."""
+    if not has_batchnorm(model):
         return False
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    was_training = model.training
-    model.train()
-    device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=default_data_collator)
-    for i, batch in enumerate(loader):
-        if num_batches is not None and i >= num_batches:
-            break
-        model(**{k: v.to(device) for k, v in batch.items() if k not in ("labels", "label") and torch.is_tensor(v)})
-    for m, momentum in zip(bns, momenta):
-        m.momentum = momentum
-    model.train(was_training)
+    recalibrate_batchnorm(model, loader, num_batches=num_batches)
     return True
 
 
