@@ -24,19 +24,19 @@ on a machine whose cores are shared with other jobs.
 
 from __future__ import annotations
 
+import hf_starsse  # noqa: F401  (first: makes torchvision importable for transformers' vision models)
+
 import argparse
 import copy
 import os
 import time
 from statistics import median
 
-import hf_starsse  # noqa: F401  (first: makes torchvision importable for transformers' vision models)
-
 # isort: split
+from hf_starsse.vectorized_members import VectorizedMembers
+
 import torch
 from torch import nn
-
-from hf_starsse.vectorized_members import VectorizedMembers
 
 
 def small_cnn(num_classes: int = 10) -> nn.Module:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import hf_starsse  # noqa: F401
+
 from pathlib import Path
 
 import torch
 from ensemble_fixtures import NUM_LABELS, make_image_dataset, make_pretrained, model_init_for
 from transformers import ViTImageProcessor
-
-import hf_starsse  # noqa: F401
 
 
 def make_member0(tmp_path: Path, family: str = "resnet", train_steps: int = 4) -> Path:
@@ -36,9 +36,9 @@ def make_member0(tmp_path: Path, family: str = "resnet", train_steps: int = 4) -
 
 def trainable_vector(folder: Path) -> torch.Tensor:
     """The trainable parameters of a saved member as one flat float32 vector (order of `named_parameters`)."""
-    from transformers import AutoModelForImageClassification
-
     from hf_starsse.methods._common import flat_params, trainable_names
+
+    from transformers import AutoModelForImageClassification
 
     model = AutoModelForImageClassification.from_pretrained(folder)
     return flat_params(model, trainable_names(model))

@@ -8,14 +8,14 @@ their own seed (StarSSE-like). The real `EnsembleTrainer` can replace `_train` /
 
 from __future__ import annotations
 
+import hf_starsse  # noqa: F401, I001  (first: torchvision compatibility)
+from hf_starsse.manifest import EnsembleManifest, MemberRecord, member_dir
+
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-
-import hf_starsse  # noqa: F401, I001  (first: torchvision compatibility)
-from hf_starsse.manifest import EnsembleManifest, MemberRecord, member_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -1,14 +1,14 @@
+import hf_starsse  # noqa: F401, I001  (first: torchvision compatibility)
+from hf_starsse.bn_recalibration import batchnorm_modules, recalibrate_batchnorm
+from hf_starsse.eval_data import make_eval_dataloader
+from hf_starsse.soups import load_soup_into, uniform_soup
+
 import os
 
 import pytest
 import torch
 from run_folder_helpers import eval_dataset_dict, single_thread, tiny_model
 from torch.nn.modules.batchnorm import _BatchNorm
-
-import hf_starsse  # noqa: F401, I001  (first: torchvision compatibility)
-from hf_starsse.bn_recalibration import batchnorm_modules, recalibrate_batchnorm
-from hf_starsse.eval_data import make_eval_dataloader
-from hf_starsse.soups import load_soup_into, uniform_soup
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)

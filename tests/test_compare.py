@@ -1,11 +1,11 @@
 """`hf-starsse compare`: runs on the offline demo setup and writes the table, the JSON and the plot."""
 
+from hf_starsse.cli import main as cli_main
+from hf_starsse.compare import CompareConfig
+
 import json
 
 import pytest
-
-from hf_starsse.cli import main as cli_main
-from hf_starsse.compare import CompareConfig
 
 
 def test_compare_command_end_to_end(tmp_path, capsys):

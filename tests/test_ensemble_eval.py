@@ -1,11 +1,3 @@
-import json
-import os
-
-import numpy as np
-import pytest
-import torch
-from run_folder_helpers import IMAGE_SIZE, image_processor, make_run_folder, single_thread, synthetic_images
-
 import hf_starsse  # noqa: F401, I001  (first: torchvision compatibility)
 from hf_starsse.basin import distance_report, interpolation_curve, l2_distance, plane_grid
 from hf_starsse.ensemble import Ensemble
@@ -14,6 +6,14 @@ from hf_starsse.evaluation_report import member_lr_curves
 from hf_starsse.manifest import EnsembleManifest
 from hf_starsse.metrics import classification_metrics
 from hf_starsse.soups import uniform_soup
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from run_folder_helpers import IMAGE_SIZE, image_processor, make_run_folder, single_thread, synthetic_images
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
@@ -169,9 +169,9 @@ def test_corruption_is_applied_to_denormalised_pixels(bn_run):
 
 
 def test_evaluate_command_writes_report(bn_run, capsys):
-    from transformers import AutoModelForImageClassification
-
     from hf_starsse.cli import main
+
+    from transformers import AutoModelForImageClassification
 
     rc = main(
         [
@@ -261,11 +261,11 @@ def test_ensemble_on_gpu_matches_cpu(bn_run):
 
 
 def test_raw_image_dataset_through_the_image_processor(bn_run, tmp_path, capsys):
+    from hf_starsse.cli import main
+
     from datasets import Dataset, Features, Image, Value
     from PIL import Image as PILImage
     from run_folder_helpers import to_pixel_values
-
-    from hf_starsse.cli import main
 
     images, labels = synthetic_images(40, seed=7)
     raw = Dataset.from_dict(

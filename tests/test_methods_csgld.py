@@ -1,13 +1,13 @@
 """cSGLD (hf_starsse.methods.csgld): noise only in each cycle's sampling phase, with std sqrt(2 lr T / N)."""
 
+from hf_starsse import EnsembleManifest
+from hf_starsse.methods import CSGLDConfig, build_csgld
+from hf_starsse.methods.csgld import csgld_learning_rate, in_sampling_phase, sgld_noise_std
+
 import math
 
 import pytest
 from methods_fixtures import make_image_dataset, make_member0, trainable_vector
-
-from hf_starsse import EnsembleManifest
-from hf_starsse.methods import CSGLDConfig, build_csgld
-from hf_starsse.methods.csgld import csgld_learning_rate, in_sampling_phase, sgld_noise_std
 
 LR, CYCLE, N = 0.05, 5, 32
 

@@ -1,15 +1,15 @@
 """FGE (hf_starsse.methods.fge): the LR at a cycle's ends and middle, snapshots at the low points, the run layout."""
 
+from hf_starsse import EnsembleManifest, member_dir
+from hf_starsse.methods import FGEConfig, build_fge
+from hf_starsse.methods.fge import fge_learning_rate, is_snapshot_step
+
 import json
 
 import pytest
 import torch
 from methods_fixtures import make_image_dataset, make_member0, trainable_vector
 from torch.optim.optimizer import register_optimizer_step_pre_hook
-
-from hf_starsse import EnsembleManifest, member_dir
-from hf_starsse.methods import FGEConfig, build_fge
-from hf_starsse.methods.fge import fge_learning_rate, is_snapshot_step
 
 HIGH, LOW = 0.05, 0.001
 

@@ -7,10 +7,10 @@ from methods_fixtures import make_image_dataset, make_member0
 
 pytest.importorskip("laplace")
 
-from transformers import AutoModelForImageClassification  # noqa: E402
-
 from hf_starsse.methods import LaplaceConfig, build_laplace  # noqa: E402
 from hf_starsse.methods.laplace import dense_posterior_covariance  # noqa: E402
+
+from transformers import AutoModelForImageClassification  # noqa: E402
 
 NUM_DRAWS = 4000
 

@@ -1,15 +1,15 @@
 """SPRO (hf_starsse.methods.spro): the vertices span a non-degenerate simplex, the volume term spreads them, and the
 members lie inside the simplex."""
 
+from hf_starsse.methods import SPROConfig, build_spro
+from hf_starsse.methods.spro import VERTICES_NAME, sample_simplex_weights, simplex_log_volume
+
 import math
 
 import pytest
 import torch
 from methods_fixtures import make_image_dataset, make_member0, trainable_vector
 from safetensors.torch import load_file
-
-from hf_starsse.methods import SPROConfig, build_spro
-from hf_starsse.methods.spro import VERTICES_NAME, sample_simplex_weights, simplex_log_volume
 
 
 @pytest.fixture(scope="module")

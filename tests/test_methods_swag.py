@@ -1,15 +1,15 @@
 """SWA / SWAG (hf_starsse.methods.swag): SWA = the mean of the collected snapshots, SWAG samples have the collected
 mean and variance, sampling is seeded, the moments live on the CPU."""
 
-import pytest
-import torch
-from methods_fixtures import make_image_dataset, make_member0, trainable_vector
-from transformers import AutoModelForImageClassification
-
 from hf_starsse import EnsembleManifest
 from hf_starsse.methods import SWAGConfig, SWAGMoments, build_swag
 from hf_starsse.methods.fge import fge_learning_rate
 from hf_starsse.methods.swag import MOMENTS_NAME
+
+import pytest
+import torch
+from methods_fixtures import make_image_dataset, make_member0, trainable_vector
+from transformers import AutoModelForImageClassification
 
 NUM_DRAWS = 4000  # samples for the moment checks
 

@@ -1,12 +1,12 @@
+import hf_starsse  # noqa: F401, I001  (first: torchvision compatibility)
+from hf_starsse import metrics
+
 import math
 import os
 
 import numpy as np
 import pytest
 import torch
-
-import hf_starsse  # noqa: F401, I001  (first: torchvision compatibility)
-from hf_starsse import metrics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -1,11 +1,3 @@
-import os
-from pathlib import Path
-
-import pytest
-import torch
-from run_folder_helpers import eval_dataset_dict, make_run_folder, single_thread, tiny_model
-from safetensors.torch import load_file, save_file
-
 import hf_starsse  # noqa: F401, I001  (first: torchvision compatibility)
 from hf_starsse.eval_data import make_eval_dataloader
 from hf_starsse.manifest import EnsembleManifest
@@ -16,6 +8,14 @@ from hf_starsse.soups import (
     save_uniform_soup,
     uniform_soup,
 )
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from run_folder_helpers import eval_dataset_dict, make_run_folder, single_thread, tiny_model
+from safetensors.torch import load_file, save_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

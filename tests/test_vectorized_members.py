@@ -19,6 +19,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import hf_starsse  # noqa: E402, F401  (first: makes torchvision importable for transformers' vision models)
 
 # isort: split
+from hf_starsse.cyclic_schedule import get_cyclic_cosine_schedule  # noqa: E402
+from hf_starsse.vectorized_members import (  # noqa: E402
+    ELEMENTWISE_OPTIMIZERS,
+    VectorizedMembers,
+    iterate_member_batches,
+    member_dataloaders,
+)
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -27,14 +35,6 @@ from transformers import (  # noqa: E402
     ResNetForImageClassification,
     ViTConfig,
     ViTForImageClassification,
-)
-
-from hf_starsse.cyclic_schedule import get_cyclic_cosine_schedule  # noqa: E402
-from hf_starsse.vectorized_members import (  # noqa: E402
-    ELEMENTWISE_OPTIMIZERS,
-    VectorizedMembers,
-    iterate_member_batches,
-    member_dataloaders,
 )
 
 ATOL, RTOL = 1e-5, 1e-4
