@@ -11,6 +11,7 @@ from hf_starsse.soups import uniform_soup
 import hashlib
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,13 @@ def _snapshot(folder: Path) -> dict[str, str]:
 def _images(n: int = 3) -> list[Image.Image]:
     rng = np.random.default_rng(0)
     return [Image.fromarray((rng.random((24, 20, 3)) * 255).astype("uint8")) for _ in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def _unique_repo_name(monkeypatch, request):
+    """Each test gets its own repo name: transformers / huggingface_hub keep per-process state keyed by repo id (a
+    resolved commit), which must not carry over to a same-named repo on the next test's fresh server."""
+    monkeypatch.setattr(sys.modules[__name__], "REPO", f"{REPO}-{request.node.name.split('[')[0][-40:]}")
 
 
 @pytest.fixture
