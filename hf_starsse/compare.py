@@ -15,14 +15,11 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
-from .demo import _model_init, load_demo_data
+from .demo import load_demo_data, train_demo_ensemble
 from .efficientnet_lite0 import build_efficientnet_lite0_checkpoint
 from .ensemble import Ensemble, evaluate_model, load_member_model
-from .ensemble_config import EnsembleTrainingArguments
-from .ensemble_trainer import EnsembleTrainer
 from .eval_data import make_eval_dataloader
 from .file_utils import atomic_write_json, atomic_write_text
 from .manifest import EnsembleManifest, member_dir
@@ -39,7 +36,6 @@ from .methods import (
     build_swag,
 )
 from .methods._common import _recalibrate_bn
-from .metrics import compute_metrics
 from .soups import load_soup_into, uniform_soup
 
 TRAINER_METHODS = ("local_de", "sse", "star_sse")
@@ -97,34 +93,9 @@ class CompareConfig:
 # ----- running the methods -------------------------------------------------------------------------------------------
 def _trainer_run(config: CompareConfig, strategy: str, checkpoint: str, processor, data, num_members: int) -> Path:
     run_dir = Path(config.output_dir) / (strategy if num_members > 1 else "member0")
-    args = EnsembleTrainingArguments(
-        output_dir=str(run_dir),
-        ensemble_strategy=strategy,
-        num_members=num_members,
-        num_train_epochs=config.epochs,
-        learning_rate=config.learning_rate,
-        optim="sgd",
-        optim_args="momentum=0.9",
-        weight_decay=1e-4,
-        max_grad_norm=0.0,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=256,
-        seed=config.seed,
-        save_strategy="no",
-        eval_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        report_to="none",
-        dataloader_num_workers=0,
+    train_demo_ensemble(
+        run_dir, strategy, num_members, config, checkpoint, processor, data["train"], data["validation"]
     )
-    EnsembleTrainer(
-        model_init=partial(_model_init, checkpoint, 10),
-        args=args,
-        train_dataset=data["train"],
-        eval_dataset=data["validation"],
-        processing_class=processor,
-        compute_metrics=compute_metrics,
-    ).train()
     return run_dir
 
 

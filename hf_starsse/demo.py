@@ -75,6 +75,47 @@ def load_demo_data(checkpoint: str, image_size: int, train_per_class: int, seed:
     return processor, raw, prepare_data(raw, processor, image_size)
 
 
+def train_demo_ensemble(
+    run_dir: str | os.PathLike,
+    strategy: str,
+    num_members: int,
+    config,
+    checkpoint: str,
+    processor,
+    train: Dataset,
+    validation: Dataset,
+) -> None:
+    """Train one ensemble with the demo's recipe (SGD momentum 0.9, cosine, cycle LR / length ratios 1)."""
+    args = EnsembleTrainingArguments(
+        output_dir=str(run_dir),
+        ensemble_strategy=strategy,
+        num_members=num_members,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        optim="sgd",
+        optim_args="momentum=0.9",
+        weight_decay=1e-4,
+        max_grad_norm=0.0,  # the authors' recipes do not clip gradients
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=256,
+        seed=config.seed,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        report_to="none",
+        dataloader_num_workers=0,
+    )
+    EnsembleTrainer(
+        model_init=partial(_model_init, checkpoint, 10),
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=processor,
+        compute_metrics=compute_metrics,
+    ).train()
+
+
 def _model_init(checkpoint: str, num_labels: int) -> torch.nn.Module:
     labels = [str(d) for d in range(num_labels)]
     return AutoModelForImageClassification.from_pretrained(
@@ -131,35 +172,9 @@ def run_demo(config: DemoConfig) -> list[dict]:
         if not (run_dir / "eval_data").is_dir():  # raw held-out images for `hf-starsse evaluate RUN` (and --ood)
             held_out = DatasetDict({"validation": raw["validation"], "test": raw["test"]})
             held_out.save_to_disk(str(run_dir / "eval_data"))
-        args = EnsembleTrainingArguments(
-            output_dir=str(run_dir),
-            ensemble_strategy=strategy,
-            num_members=config.num_members,
-            num_train_epochs=config.epochs,
-            learning_rate=config.learning_rate,
-            optim="sgd",
-            optim_args="momentum=0.9",
-            weight_decay=1e-4,
-            max_grad_norm=0.0,  # the authors' recipes do not clip gradients
-            per_device_train_batch_size=config.batch_size,
-            per_device_eval_batch_size=256,
-            seed=config.seed,
-            save_strategy="no",
-            eval_strategy="no",
-            logging_strategy="no",
-            disable_tqdm=True,
-            report_to="none",
-            dataloader_num_workers=0,
+        train_demo_ensemble(
+            run_dir, strategy, config.num_members, config, checkpoint, processor, data["train"], data["validation"]
         )
-        trainer = EnsembleTrainer(
-            model_init=partial(_model_init, checkpoint, 10),
-            args=args,
-            train_dataset=data["train"],
-            eval_dataset=data["validation"],
-            processing_class=processor,
-            compute_metrics=compute_metrics,
-        )
-        trainer.train()
         res = evaluate_run(run_dir, data["test"])
         atomic_write_json(run_dir / RESULTS_NAME, res)
         results.append(res)
