@@ -12,24 +12,20 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .file_utils import atomic_write_json
+from .run_folder import CHECKPOINTS_DIR, MANIFEST_NAME, MEMBER_INFO_NAME, MEMBERS_DIR, RunFolder  # noqa: F401
 
-MANIFEST_NAME = "ensemble.json"
-MEMBERS_DIR = "members"
-CHECKPOINTS_DIR = "checkpoints"
-MEMBER_INFO_NAME = "member.json"
 FORMAT_VERSION = 1
 
 
 def member_dir(run_dir: str | os.PathLike, index: int) -> Path:
-    """The folder of member `index` in `run_dir`."""
-    return Path(run_dir) / MEMBERS_DIR / f"member-{index}"
+    """The folder of member `index` in `run_dir` (see [`RunFolder.member_dir`])."""
+    return RunFolder(run_dir).member_dir(index)
 
 
 @dataclass
@@ -110,18 +106,12 @@ class EnsembleManifest:
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> EnsembleManifest:
-        """Read `run_dir/ensemble.json` (or a path to the manifest itself)."""
+        """Read and check `run_dir/ensemble.json` (or the manifest path itself): [`RunFolder.read_manifest`]."""
         path = Path(run_dir)
-        if path.is_dir():
-            path = path / MANIFEST_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"No ensemble manifest at {path}: is this an hf_starsse run folder?")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"The ensemble manifest {path} is not valid JSON: {err}") from None
-        return cls.from_dict(data)
+        if path.name == MANIFEST_NAME and not path.is_dir():
+            path = path.parent
+        return RunFolder(path).read_manifest()
 
     def member_paths(self, run_dir: str | os.PathLike) -> list[Path]:
-        """Absolute folders of the finished members."""
-        return [Path(run_dir) / m.path for m in self.members]
+        """Absolute folders of the finished members, each checked to be a member folder inside the run."""
+        return RunFolder(run_dir).member_paths(self)

@@ -1,0 +1,288 @@
+"""The run folder: the one module that names every file and folder of an hf_starsse run.
+
+```
+<run>/
+    ensemble.json                 # the manifest: an index of the finished members, rebuilt from their folders
+    .ensemble.lock                # file lock held while the index is rewritten (several processes / jobs)
+    members/member-<i>/           # a member exists iff this folder (with member.json) was renamed into place
+        member.json               # its MemberRecord (seed, parent, LR facts, fingerprints, metrics)
+        config.json, model.safetensors, preprocessor_config.json, ...
+    checkpoints/member-<i>/       # Trainer checkpoints while member i trains (resumable), removed once it is saved
+    eval_data/                    # held-out data saved with the run (the demo's raw test images)
+    eval/                         # `hf-starsse evaluate`: eval.json, eval.md and the plots (*.png)
+    soups/uniform/, soups/greedy/ # BatchNorm-recalibrated soups written by `hf-starsse evaluate`
+    predictions/                  # prediction cache: class probabilities per (weights hash, data fingerprint)
+```
+
+Every other module asks a [`RunFolder`] for a path instead of spelling it, reads the manifest through
+[`RunFolder.read_manifest`] (schema-checked, member paths resolved inside the run) and replaces finished outputs
+through [`replace_directory`] (a kill at any moment leaves the old or the new folder, never none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "ensemble.json"
+LOCK_NAME = ".ensemble.lock"
+MEMBERS_DIR = "members"
+MEMBER_PREFIX = "member-"
+MEMBER_INFO_NAME = "member.json"
+CHECKPOINTS_DIR = "checkpoints"
+EVAL_DATA_DIR = "eval_data"
+EVAL_DIR = "eval"
+EVAL_JSON = "eval.json"
+EVAL_MD = "eval.md"
+SOUPS_DIR = "soups"
+SOUP_KINDS = ("uniform", "greedy")
+PREDICTIONS_DIR = "predictions"
+
+OLD_SUFFIX = ".old"
+TMP_SUFFIX = ".tmp"
+
+
+def member_name(index: int) -> str:
+    """The folder name of member `index` (`member-<index>`, counted from 0 like the logs)."""
+    return f"{MEMBER_PREFIX}{index}"
+
+
+class RunFolder:
+    """The paths of one run folder, and the checks that keep every read and write inside it.
+
+    Args:
+        root (`str` or `os.PathLike`):
+            The run folder (the trainer's `output_dir`).
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.root)!r})"
+
+    # ----- names ---------------------------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST_NAME
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK_NAME
+
+    @property
+    def members_dir(self) -> Path:
+        return self.root / MEMBERS_DIR
+
+    def member_dir(self, index: int) -> Path:
+        return self.members_dir / member_name(index)
+
+    def member_relpath(self, index: int) -> str:
+        """The member's folder relative to the run folder, as the manifest records it (POSIX separators)."""
+        return f"{MEMBERS_DIR}/{member_name(index)}"
+
+    def member_info_path(self, index: int) -> Path:
+        return self.member_dir(index) / MEMBER_INFO_NAME
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / CHECKPOINTS_DIR
+
+    def member_checkpoints_dir(self, index: int) -> Path:
+        return self.checkpoints_dir / member_name(index)
+
+    @property
+    def eval_data_dir(self) -> Path:
+        return self.root / EVAL_DATA_DIR
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / EVAL_DIR
+
+    @property
+    def eval_json(self) -> Path:
+        return self.eval_dir / EVAL_JSON
+
+    @property
+    def eval_md(self) -> Path:
+        return self.eval_dir / EVAL_MD
+
+    @property
+    def soups_dir(self) -> Path:
+        return self.root / SOUPS_DIR
+
+    def soup_dir(self, kind: str) -> Path:
+        if kind not in SOUP_KINDS:
+            raise ValueError(f"`soup` should be one of {', '.join(SOUP_KINDS)}, got {kind!r}.")
+        return self.soups_dir / kind
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.root / PREDICTIONS_DIR
+
+    def folders_with_atomic_writes(self) -> list[Path]:
+        """Every folder of the layout in which atomic writes leave temporaries / `.old` copies when killed."""
+        return [self.root, self.members_dir, self.checkpoints_dir, self.eval_dir, self.soups_dir, self.predictions_dir]
+
+    # ----- manifest ------------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def read_manifest(self) -> Any:
+        """Load `ensemble.json`, check its schema and resolve every member path inside the run.
+
+        Returns:
+            [`EnsembleManifest`]. Raises `FileNotFoundError` when there is none, `ValueError` (one line naming the
+            entry and field) when it is malformed or a member path is not a member folder of this run.
+        """
+        from .manifest import EnsembleManifest
+
+        path = self.manifest_path
+        if not path.is_file():
+            raise FileNotFoundError(f"No ensemble manifest at {path}: is this an hf_starsse run folder?")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"The ensemble manifest {path} is not valid JSON: {err}") from None
+        validate_manifest_data(data, path)
+        manifest = EnsembleManifest.from_dict(data)
+        for position, record in enumerate(manifest.members):
+            self.resolve_member_path(record.path, entry=f"members[{position}]")
+        return manifest
+
+    def member_paths(self, manifest: Any) -> list[Path]:
+        """The checked, absolute folders of the manifest's members, in manifest order."""
+        return [self.resolve_member_path(m.path, entry=f"members[{i}]") for i, m in enumerate(manifest.members)]
+
+    def resolve_member_path(self, relpath: str, entry: str = "member") -> Path:
+        """Resolve a manifest member path: relative, `members/member-<i>`, no symlink, inside the run, present.
+
+        Raises:
+            `ValueError`: one line naming the manifest entry, for anything that could read outside the run.
+        """
+        where = f"{self.manifest_path} {entry}.path"
+        if not isinstance(relpath, str) or not relpath:
+            raise ValueError(f"{where} should be a non-empty string, got {relpath!r}.")
+        if os.path.isabs(relpath) or relpath.startswith("~"):
+            raise ValueError(f"{where} should be relative to the run folder, got the absolute path {relpath!r}.")
+        parts = Path(relpath).parts
+        if ".." in parts or len(parts) != 2 or parts[0] != MEMBERS_DIR or not parts[1].startswith(MEMBER_PREFIX):
+            raise ValueError(f"{where} should be `{MEMBERS_DIR}/{MEMBER_PREFIX}<i>` inside the run, got {relpath!r}.")
+        folder = self.root / parts[0] / parts[1]
+        for link in (self.members_dir, folder):
+            if link.is_symlink():
+                raise ValueError(f"{where}: {link} is a symbolic link; member folders are real folders of the run.")
+        if not folder.is_dir():
+            raise ValueError(f"{where}: the member folder {folder} is missing.")
+        root = self.root.resolve()
+        if root not in folder.resolve().parents:
+            raise ValueError(f"{where}: {folder} resolves outside the run folder {root}.")
+        return folder
+
+    # ----- concurrency and crash recovery ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive `flock` on `.ensemble.lock` (processes and jobs sharing the run folder)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def recover(self) -> list[Path]:
+        """Finish or undo what a killed process left: restore `.X.old` where `X` is missing, drop stale temporaries.
+
+        Returns the paths removed or restored. Call it only when no other process is writing into the run (e.g. under
+        [`lock`]), since another process's temporaries look the same as a dead one's.
+        """
+        changed: list[Path] = []
+        for folder in self.folders_with_atomic_writes():
+            changed += recover_replacements(folder)
+        return changed
+
+
+def validate_manifest_data(data: Any, path: Path) -> None:
+    """Check the JSON structure of a manifest; raise one `ValueError` line naming the entry and field."""
+    if not isinstance(data, dict):
+        raise ValueError(f"The ensemble manifest {path} should hold a JSON object, got {type(data).__name__}.")
+    for key, kind in (("strategy", str), ("num_members", int), ("members", list)):
+        if key not in data:
+            raise ValueError(f"The ensemble manifest {path} has no `{key}` field.")
+        if not isinstance(data[key], kind) or isinstance(data[key], bool):
+            raise ValueError(f"{path} `{key}` should be {kind.__name__}, got {type(data[key]).__name__}.")
+    seen_index: dict[int, int] = {}
+    seen_path: dict[str, int] = {}
+    for position, entry in enumerate(data["members"]):
+        name = f"{path} members[{position}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{name} should be an object, got {type(entry).__name__}.")
+        for key, kind in (("index", int), ("path", str), ("seed", int)):
+            value = entry.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"{name}.{key} should be {kind.__name__}, got {value!r}.")
+        parent = entry.get("parent")
+        if parent is not None and (not isinstance(parent, int) or isinstance(parent, bool)):
+            raise ValueError(f"{name}.parent should be an integer or null, got {parent!r}.")
+        index, member_path = entry["index"], os.path.normpath(entry["path"])
+        if index < 0:
+            raise ValueError(f"{name}.index should be >= 0, got {index}.")
+        if index in seen_index:
+            raise ValueError(f"{name}.index {index} is listed twice (also members[{seen_index[index]}]).")
+        if member_path in seen_path:
+            raise ValueError(
+                f"{name}.path {entry['path']!r} is listed twice (also members[{seen_path[member_path]}])."
+            )
+        seen_index[index], seen_path[member_path] = position, position
+
+
+def recover_replacements(folder: str | os.PathLike) -> list[Path]:
+    """In `folder`: restore `.X.old` to `X` when `X` is missing (a kill between the two renames of
+    [`replace_directory`]), else remove it; remove `.X.*.tmp` temporaries. Returns what changed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    changed = []
+    for child in sorted(folder.iterdir()):
+        name = child.name
+        if not name.startswith("."):
+            continue
+        if name.endswith(OLD_SUFFIX):
+            final = folder / name[1 : -len(OLD_SUFFIX)]
+            if final.exists():
+                _remove(child)
+            else:
+                os.replace(child, final)
+            changed.append(child)
+        elif name.endswith(TMP_SUFFIX):
+            _remove(child)
+            changed.append(child)
+    return changed
+
+
+def replace_directory(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move the finished folder `tmp` to `final`, replacing an existing `final` so that a kill at any moment leaves
+    the old or the new folder under `final` (or the old one as `.final.old`, restored by [`recover_replacements`])."""
+    tmp, final = Path(tmp), Path(final)
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = final.with_name(f".{final.name}{OLD_SUFFIX}")
+    _remove(old)
+    os.replace(final, old)
+    os.replace(tmp, final)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
