@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,3 +80,16 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
             shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
             removed.append(child)
     return removed
+
+
+CRASH_POINT_ENV = "HF_STARSSE_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Test hook: SIGKILL this process here when the environment variable `HF_STARSSE_CRASH_AT` equals `name`.
+
+    Crash-safety tests set it in a subprocess to kill the run at a named moment (e.g. `member_renamed`, between a
+    member folder's rename and the manifest update) and then check that the same command again completes.
+    """
+    if os.environ.get(CRASH_POINT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -44,6 +44,9 @@ class MemberRecord:
         num_epochs (`float`): Epochs of its training phase.
         schedule_offset (`int`): Step of the whole-run cyclic schedule at which its phase starts.
         metrics (`dict`): Its own train / eval metrics.
+        data_seed (`int`, *optional*): Seed of its data order (derived from the run seed and the index).
+        diverged (`dict`, *optional*): Set (step, learning rate, reason) when training diverged and the member was
+            skipped (`on_divergence="skip"`); such a member has no weights and is left out of ensembles and soups.
     """
 
     index: int
@@ -56,6 +59,8 @@ class MemberRecord:
     num_epochs: float
     schedule_offset: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    data_seed: int | None = None
+    diverged: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
