@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from .eval_data import model_inputs
 from .manifest import EnsembleManifest
+from .member_weights import check_readable
 from .metrics import DEFAULT_NUM_BINS, classification_metrics, ensemble_metrics
 
 
@@ -29,9 +31,11 @@ def load_member_model(name_or_path: str | os.PathLike, device: torch.device | st
     """`AutoModelForImageClassification.from_pretrained` in eval mode on `device`, with a one-line error."""
     from transformers import AutoModelForImageClassification
 
+    if Path(str(name_or_path)).is_dir():
+        check_readable(name_or_path)  # a truncated / garbage model.safetensors: one line naming the file
     try:
         model = AutoModelForImageClassification.from_pretrained(str(name_or_path), **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"Cannot load the classifier {name_or_path}: {first_line}") from None
     return model.to(device or default_device()).eval()
@@ -148,9 +152,9 @@ class Ensemble:
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, device: torch.device | str | None = None, **kwargs: Any) -> Ensemble:
         """Load the finished members listed in `run_dir/ensemble.json`."""
-        manifest = EnsembleManifest.load(run_dir)
+        manifest = EnsembleManifest.load(run_dir).usable(run_dir)  # diverged members left out, non-finite refused
         if not manifest.members:
-            raise ValueError(f"The manifest of {run_dir} lists no finished members.")
+            raise ValueError(f"The manifest of {run_dir} lists no finished (non-diverged) members.")
         return cls.from_pretrained(manifest.member_paths(run_dir), device=device, **kwargs)
 
     def __len__(self) -> int:

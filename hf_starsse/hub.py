@@ -135,13 +135,15 @@ def push_to_hub(
     if not run_dir.is_dir():
         raise FileNotFoundError(f"`run_dir` {run_dir} is not a folder.")
     manifest = EnsembleManifest.load(run_dir)
-    if not manifest.members:
-        raise ValueError(f"The manifest {run_dir / MANIFEST_NAME} lists no finished member: nothing to push.")
     member_dirs = manifest.member_paths(run_dir)
     for record, folder in zip(manifest.members, member_dirs):
         for name in ("config.json", SAFE_WEIGHTS_NAME):
-            if not (folder / name).is_file():
+            if not record.diverged and not (folder / name).is_file():
                 raise FileNotFoundError(f"Member {record.index} has no {name} in {folder}.")
+    manifest = manifest.usable(run_dir)  # diverged members left out (warning), non-finite weights refused
+    if not manifest.members:
+        raise ValueError(f"The manifest {run_dir / MANIFEST_NAME} lists no finished member: nothing to push.")
+    member_dirs = manifest.member_paths(run_dir)
     if not isinstance(repo_id, str) or not repo_id:
         raise ValueError(f"`repo_id` should be a repository id like `user/name`, got {repo_id!r}.")
     try:

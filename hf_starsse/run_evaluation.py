@@ -143,10 +143,10 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
     run_dir = Path(run_dir)
-    manifest = EnsembleManifest.load(run_dir)
+    manifest = EnsembleManifest.load(run_dir).usable(run_dir)  # diverged members left out, non-finite refused
     members = manifest.member_paths(run_dir)
     if not members:
-        raise ValueError(f"The manifest of {run_dir} lists no finished members.")
+        raise ValueError(f"The manifest of {run_dir} lists no finished (non-diverged) members.")
     for i in settings.interpolate:
         if settings.interpolation_points and not 0 <= i < len(members):
             raise ValueError(
