@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
@@ -134,6 +135,8 @@ def _load(dataset, config_name, cache_dir) -> DatasetDict:
     if isinstance(dataset, Dataset):
         return DatasetDict({"train": dataset})
     path = str(dataset)
+    if os.path.isdir(path):
+        _check_saved_splits_not_empty(path)
     try:
         if os.path.isdir(path):
             if os.path.isfile(os.path.join(path, "dataset_dict.json")) or os.path.isfile(
@@ -151,6 +154,20 @@ def _load(dataset, config_name, cache_dir) -> DatasetDict:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"Cannot load dataset {path!r}{offline}: {first}") from None
     return DatasetDict({"train": loaded}) if isinstance(loaded, Dataset) else loaded
+
+
+def _check_saved_splits_not_empty(path: str) -> None:
+    """`load_from_disk` fails deep inside `datasets` (IndexError) on a saved split with no data file: say which."""
+    import json
+
+    root = Path(path)
+    index = root / "dataset_dict.json"
+    names = json.loads(index.read_text()).get("splits", []) if index.is_file() else [None]
+    for name in names:
+        state = (root / name if name else root) / "state.json"
+        if state.is_file() and not json.loads(state.read_text()).get("_data_files"):
+            split = f"split {name!r}" if name else "the dataset"
+            raise ValueError(f"Cannot load dataset {path!r}: {split} is empty (0 examples).")
 
 
 def detect_columns(dataset: Dataset, image_column: str | None, label_column: str | None) -> tuple[str, str]:

@@ -120,6 +120,8 @@ class EnsembleTrainer(Trainer):
         # `push_to_hub` publishes the whole run once at the end (hf_starsse.hub), not each member's checkpoints
         self._push_run_at_end = bool(args.push_to_hub)
         args.push_to_hub = False
+        if args.should_save:
+            check_output_dir_writable(args.output_dir)  # the Trainer creates it: one line instead of its traceback
         super().__init__(model=model, args=args, **kwargs)
         self._fresh_model_for_member0 = True
         self._phase: MemberPlan | None = None
@@ -239,6 +241,8 @@ class EnsembleTrainer(Trainer):
             resume = resume_from_checkpoint
             if resume is True:
                 resume = get_last_checkpoint(checkpoint_dir) if os.path.isdir(checkpoint_dir) else None
+            if resume:
+                _log_resume(args, plan, resume)
             result = super().train(
                 resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
             )
@@ -535,6 +539,17 @@ def _log_member_done(args: EnsembleTrainingArguments, record: MemberRecord, forc
     logger.info(message)
     if args.should_log or force:
         print(message if not force else f"[process {args.process_index}] {message}", flush=True)
+
+
+def _log_resume(args: EnsembleTrainingArguments, plan: MemberPlan, checkpoint: str) -> None:
+    state = Path(checkpoint) / "trainer_state.json"
+    step = json.loads(state.read_text()).get("global_step", "?") if state.is_file() else "?"
+    message = (
+        f"[hf_starsse] member {plan.index}: resuming from {Path(checkpoint).name} (step {step} of {plan.num_steps})"
+    )
+    logger.info(message)
+    if args.should_log:
+        print(message, flush=True)
 
 
 def _log_progress(args: EnsembleTrainingArguments, plan: MemberPlan, force: bool = False) -> None:
