@@ -49,7 +49,7 @@ class DemoConfig:
     strategies: tuple[str, ...] = ("local_de", "star_sse")
     num_members: int = 5
     train_per_class: int = 10
-    image_size: int = 64
+    image_size: int = 32  # measured (benchmarks/demo_recipe.py): 64 px costs ~1.8x per step for +5 points/member
     epochs: float = 10
     learning_rate: float = 0.01
     batch_size: int = 16

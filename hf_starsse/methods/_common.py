@@ -135,7 +135,10 @@ def load_member0(member0: str | os.PathLike | PreTrainedModel) -> tuple[PreTrain
 def batches(
     dataset, batch_size: int, seed: int, device: torch.device, collate_fn: Callable | None = None
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless shuffled dict batches (seeded order, reshuffled each epoch), moved to `device`."""
+    """Endless shuffled dict batches (seeded order, reshuffled each epoch), moved to `device`.
+
+    Every batch is full when the dataset holds at least one (the partial last batch of an epoch is dropped: train-mode
+    BatchNorm over a few samples corrupts the running statistics, e.g. 4 of 100 images at batch 16)."""
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         dataset,
@@ -143,6 +146,7 @@ def batches(
         shuffle=True,
         generator=generator,
         collate_fn=collate_fn or default_data_collator,
+        drop_last=len(dataset) >= batch_size,
     )
     if len(loader) == 0:
         raise ValueError("`train_dataset` is empty.")
