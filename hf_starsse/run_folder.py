@@ -131,8 +131,8 @@ class RunFolder:
         """The soup of `kind` for a reader: `soups/<kind>/`, else its `.<kind>.old` copy (a kill between the two
         renames of [`replace_directory`] leaves only that; the next writer's [`recover`] puts it back); else `None`."""
         final = self.soup_dir(kind)
-        old = final.with_name(f".{final.name}{OLD_SUFFIX}")
-        for folder in (final, old):
+        olds = sorted(self.soups_dir.glob(f".{kind}*{OLD_SUFFIX}"))  # `.X.old`, or `.X.<writer>.old`
+        for folder in (final, *olds):
             if folder.is_dir() and not folder.is_symlink():
                 return folder
         return None
