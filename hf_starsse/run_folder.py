@@ -326,7 +326,7 @@ def replace_directory(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     old = final.with_name(f".{final.name}{OLD_SUFFIX}")
     _remove(old)
     os.replace(final, old)
-    _crash_point(f"replace_directory:{final.parent.name}/{final.name}")  # test hook: between the two renames
+    _crash_point(f"replace_directory@{final.parent.name}/{final.name}")  # test hook: between the two renames
     os.replace(tmp, final)
     _remove(old)
 

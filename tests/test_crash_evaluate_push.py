@@ -54,7 +54,7 @@ def evaluated_run(tmp_path_factory):
     return RunFolder(run_dir)
 
 
-@pytest.mark.parametrize("point", ["replace_directory:soups/uniform", "soup_written"])
+@pytest.mark.parametrize("point", ["replace_directory@soups/uniform", "soup_written"])
 def test_kill_during_soup_replacement_keeps_a_soup_and_evaluate_again_completes(evaluated_run, point):
     run = evaluated_run
     old_soup = _snapshot(run.soup_dir("uniform"))
