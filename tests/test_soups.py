@@ -94,7 +94,7 @@ def test_mismatched_architectures_refused(three_members, tmp_path):
     message = _one_line_error(excinfo)
     assert str(vit / "config.json") in message and "not the same architecture" in message
     _assert_nothing_left(tmp_path, "soup")
-    # same model type, other shapes: the file and the tensor are named
+    # same model type, other sizes in the config: the config is named (the one architecture check)
     from transformers import ResNetConfig, ResNetForImageClassification
 
     wide = tmp_path / "wide"
@@ -103,7 +103,16 @@ def test_mismatched_architectures_refused(three_members, tmp_path):
     with pytest.raises(ValueError) as excinfo:
         save_uniform_soup([three_members[0], wide], tmp_path / "soup")
     message = _one_line_error(excinfo)
-    assert str(wide / "model.safetensors") in message and "shape" in message
+    assert str(wide / "config.json") in message and "(other sizes)" in message
+    _assert_nothing_left(tmp_path, "soup")
+    # same config sizes, other head: the file and the tensor are named
+    head = tmp_path / "head"
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)
+    ResNetForImageClassification(config).save_pretrained(head)
+    with pytest.raises(ValueError) as excinfo:
+        save_uniform_soup([three_members[0], head], tmp_path / "soup")
+    message = _one_line_error(excinfo)
+    assert str(head / "model.safetensors") in message and "shape" in message
     _assert_nothing_left(tmp_path, "soup")
 
 
