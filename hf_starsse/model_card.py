@@ -14,8 +14,8 @@ the run's `eval/eval.json` as `hf-starsse evaluate` wrote it (what is used):
  "soup_vs_size": [{"size": 1, "accuracy": ..., "nll": ...}, ...]}
 ```
 
-Only quality metrics (accuracy, NLL, ECE, Brier, diversity) are reported: never runtimes or FLOs. Every input is
-optional: a card renders (and its metadata validates) with nothing but defaults.
+Only quality metrics (accuracy, NLL, ECE and the ensemble's diversity) are reported: never runtimes or FLOs. Every
+input is optional: a card renders (and its metadata validates) with nothing but defaults.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ DEFAULT_DATASET = "custom"
 # Keys whose values are secrets (`hub_token`, `token`, `api_key`, ...): never rendered nor pushed.
 SECRET_KEY = re.compile(r"(?:^|_)(?:token|password|secret|api_key|apikey)$", re.IGNORECASE)
 # The only metrics a card reports, in this order (runtimes, FLOs, steps... are not quality metrics).
-CARD_METRICS = ("accuracy", "nll", "ece", "brier", "diversity")
+CARD_METRICS = ("accuracy", "nll", "ece", "diversity")
 # A member card has the member's own validation metrics from training (the Trainer's `eval_loss` is its NLL).
 MEMBER_CARD_METRICS = ("accuracy", "nll", "ece", "brier", "loss")
 SOUP_LABELS = {"uniform": "Uniform soup", "greedy": "Greedy soup"}

@@ -51,21 +51,21 @@ def test_full_card_parses_validates_and_holds_ensemble_and_soup_accuracy(run_dir
     assert metrics["Ensemble (3 members) diversity"] == 31.5
     assert [metrics[f"Member {i} accuracy"] for i in range(3)] == [0.25, 0.3, 0.35]
     names = [r.metric_name for r in data.eval_results]
-    assert names[:4] == [f"Uniform soup (repository root) {m}" for m in ("accuracy", "nll", "ece", "brier")]
-    assert names[4].startswith("Ensemble (3 members)")
+    assert names[:3] == [f"Uniform soup (repository root) {m}" for m in ("accuracy", "nll", "ece")]
+    assert names[3].startswith("Ensemble (3 members)")
     assert not [n for n in names if "runtime" in n or "flos" in n]
     assert {r.dataset_type for r in data.eval_results} == {"tiny-random"}
     assert {r.dataset_split for r in data.eval_results} == {"test"}
     raw = yaml.safe_load(str(card).split("---")[1])
     assert raw["model-index"][0]["name"] == "tiny-starsse"
-    assert len(raw["model-index"][0]["results"][0]["metrics"]) == 4 + 5 + 3 * 4
+    assert len(raw["model-index"][0]["results"][0]["metrics"]) == 3 + 4 + 3 * 3
     # the metadata validates: rebuilding ModelCardData from it re-runs the library's checks
     ModelCardData(**data.to_dict())
 
     text = loaded.text
     assert "StarSSE (the paper's method)" in text
     assert "| learning_rate | 0.5 |" in text and "| cycle_lr_ratio | 1.0 |" in text
-    assert "| Ensemble (3 members) | 0.4000 | 1.2000 | 0.0500 | 0.6500 | 31.5000 |" in text
+    assert "| Ensemble (3 members) | 0.4000 | 1.2000 | 0.0500 | 31.5000 |" in text
     assert "| 3 | 0.4000 | 1.2700 | 20.0000 | 0.3700 | 1.3000 |" in text  # ensemble-vs-size table
     assert "![metric vs size](eval/metric_vs_size.png)" in text
     assert 'from_pretrained("alice/tiny-starsse", subfolder="members/member-0")' in text

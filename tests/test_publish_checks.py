@@ -142,3 +142,18 @@ def test_greedy_soup_needs_an_evaluation_with_it_and_a_soup_of_another_evaluatio
     with pytest.raises(ValueError, match="come from different evaluations"):
         push_to_hub(run_dir, "alice/greedy", token=HUB_TOKEN, endpoint=hub.url)
     assert hub.requests == []
+
+
+def test_a_hub_manifest_with_a_path_out_of_the_members_is_refused_when_loading(hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    run_dir = make_tiny_run(tmp_path / "run", num_members=2)
+    push_to_hub(run_dir, "alice/remote-manifest", token=HUB_TOKEN, endpoint=hub.url)
+    data = json.loads((run_dir / "ensemble.json").read_text())
+    data["members"][1]["path"] = "../other-repo"
+    HfApi(endpoint=hub.url, token=HUB_TOKEN).upload_file(
+        path_or_fileobj=json.dumps(data).encode(), path_in_repo="ensemble.json", repo_id="alice/remote-manifest"
+    )
+    expected = r"alice/remote-manifest/ensemble.json members\[1\].path should be `members/member-<i>` inside the run"
+    with pytest.raises(ValueError, match=expected):
+        EnsembleForImageClassification.from_pretrained("alice/remote-manifest", cache_dir=tmp_path / "cache")
