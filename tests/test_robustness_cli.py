@@ -194,7 +194,12 @@ def test_disk_full_is_one_line_and_a_rerun_after_freeing_space_resumes(inputs, t
 
 def test_interrupted_member_resumes_from_its_last_checkpoint_and_equals_an_uninterrupted_run(inputs, tmp_path, capsys):
     ckpt = ["--save_strategy", "steps", "--save_steps", "2"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_STARSSE_CRASH_AT": "train_step:member-1:5"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_STARSSE_CRASH_AT": "train_step-member-1-after-5",
+    }
     crashed = subprocess.run(
         [sys.executable, "-m", "hf_starsse.cli", *_argv(inputs, tmp_path / "run", *ckpt)],
         env=env,
