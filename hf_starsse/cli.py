@@ -32,9 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .divergence import MemberDivergedError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
+    except (ValueError, OSError, TypeError, MemberDivergedError) as err:  # OSError: full disk, read-only folder, ...
         if getattr(args, "traceback", False):
             raise
         print(f"hf-starsse {args.command}: error: {err}", file=sys.stderr)

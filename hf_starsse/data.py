@@ -4,9 +4,11 @@ columns, make train / validation / test splits, and apply the paper's transforms
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
@@ -15,6 +17,8 @@ IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "pixel_values")
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target", "category")
 TRAIN_AUGMENTATIONS = ("standard", "randaugment", "none")
 _INDEX_COLUMN = "__hf_starsse_index__"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,8 +104,9 @@ def load_image_dataset(
             f"`validation_split` {validation_split!r} is not a split of the dataset (it has {', '.join(raw)})."
         )
     train = raw[train_split]
+    if len(train) == 0:
+        raise ValueError(f"`train_split` {train_split!r} of the dataset is empty (0 examples): nothing to train on.")
     image_column, label_column = detect_columns(train, image_column, label_column)
-    label_names = _label_names(train, label_column, raw)
     splits = {"train": train}
     if validation_split is not None:
         splits["validation"] = raw[validation_split]
@@ -120,6 +125,7 @@ def load_image_dataset(
         for column in (image_column, label_column):
             if column not in split.column_names:
                 raise ValueError(f"Split {name!r} has no column {column!r} (it has {', '.join(split.column_names)}).")
+    label_names = resolve_label_names(splits, label_column)
     return ImageClassificationData(DatasetDict(splits), image_column, label_column, label_names)
 
 
@@ -129,6 +135,8 @@ def _load(dataset, config_name, cache_dir) -> DatasetDict:
     if isinstance(dataset, Dataset):
         return DatasetDict({"train": dataset})
     path = str(dataset)
+    if os.path.isdir(path):
+        _check_saved_splits_not_empty(path)
     try:
         if os.path.isdir(path):
             if os.path.isfile(os.path.join(path, "dataset_dict.json")) or os.path.isfile(
@@ -146,6 +154,20 @@ def _load(dataset, config_name, cache_dir) -> DatasetDict:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"Cannot load dataset {path!r}{offline}: {first}") from None
     return DatasetDict({"train": loaded}) if isinstance(loaded, Dataset) else loaded
+
+
+def _check_saved_splits_not_empty(path: str) -> None:
+    """`load_from_disk` fails deep inside `datasets` (IndexError) on a saved split with no data file: say which."""
+    import json
+
+    root = Path(path)
+    index = root / "dataset_dict.json"
+    names = json.loads(index.read_text()).get("splits", []) if index.is_file() else [None]
+    for name in names:
+        state = (root / name if name else root) / "state.json"
+        if state.is_file() and not json.loads(state.read_text()).get("_data_files"):
+            split = f"split {name!r}" if name else "the dataset"
+            raise ValueError(f"Cannot load dataset {path!r}: {split} is empty (0 examples).")
 
 
 def detect_columns(dataset: Dataset, image_column: str | None, label_column: str | None) -> tuple[str, str]:
@@ -178,18 +200,37 @@ def detect_columns(dataset: Dataset, image_column: str | None, label_column: str
 _INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 
 
-def _label_names(train: Dataset, label_column: str, raw: DatasetDict) -> list[str]:
+def resolve_label_names(splits: dict[str, Dataset], label_column: str) -> list[str]:
+    """The class names: the train split's `ClassLabel` names, else `"0".."N-1"` with N = 1 + the largest integer
+    label of any split (integer labels are class ids as they are: gaps become classes without examples).
+
+    Raises a one-line `ValueError` naming the split and the value when a label is outside `[0, N)` (-1, the usual
+    "unlabelled" mark, included), and warns when a class never occurs in the train split.
+    """
+    train = splits["train"]
     feature = train.features[label_column]
+    values = {name: {int(v) for v in split.unique(label_column)} for name, split in splits.items()}
     if isinstance(feature, ClassLabel):
-        return list(feature.names)
-    values = set()
-    for split in raw.values():
-        if label_column in split.column_names:
-            values.update(int(v) for v in split[label_column])
-    values.discard(-1)  # unlabelled examples (e.g. ImageNet's test split)
-    if not values or min(values) < 0:
-        raise ValueError(f"`label_column` {label_column!r} should hold labels 0..N-1, got {sorted(values)[:5]}.")
-    return [str(i) for i in range(max(values) + 1)]
+        names, source = list(feature.names), f"the `ClassLabel` of `{label_column}`"
+    else:
+        names, source = [str(i) for i in range(max(max(v, default=0) for v in values.values()) + 1)], "the labels"
+    for name, found in values.items():
+        bad = sorted(v for v in found if not 0 <= v < len(names))
+        if bad:
+            hint = " (-1 marks unlabelled examples: choose a labelled split)" if bad[0] == -1 else ""
+            raise ValueError(
+                f"Split {name!r} has label {bad[0]} in `{label_column}`, outside [0, {len(names)}) set by {source}"
+                f"{hint}."
+            )
+    missing = [i for i in range(len(names)) if i not in values["train"]]
+    if missing:
+        elsewhere = sorted({i for name, v in values.items() if name != "train" for i in v if i in missing})
+        shown = ", ".join(names[i] for i in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        logger.warning(
+            f"{len(missing)} of {len(names)} classes never occur in the train split ({shown}); the model cannot "
+            f"learn them{f' but {len(elsewhere)} of them occur in the held-out splits' if elsewhere else ''}."
+        )
+    return names
 
 
 def check_num_labels(data: ImageClassificationData, num_labels: int, where: str = "the model") -> None:

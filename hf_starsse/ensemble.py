@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from .eval_data import model_inputs
+from .member_weights import check_readable
 from .metrics import DEFAULT_NUM_BINS, classification_metrics, ensemble_metrics
 from .modeling_ensemble import average_probs, check_same_labels, member_probs
 from .run_folder import RunFolder
@@ -31,9 +33,11 @@ def load_member_model(name_or_path: str | os.PathLike, device: torch.device | st
     """`AutoModelForImageClassification.from_pretrained` in eval mode on `device`, with a one-line error."""
     from transformers import AutoModelForImageClassification
 
+    if Path(str(name_or_path)).is_dir():
+        check_readable(name_or_path)  # a truncated / garbage model.safetensors: one line naming the file
     try:
         model = AutoModelForImageClassification.from_pretrained(str(name_or_path), **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"Cannot load the classifier {name_or_path}: {first_line}") from None
     return model.to(device or default_device()).eval()
@@ -148,9 +152,9 @@ class Ensemble:
         """Load the finished members listed in `run_dir/ensemble.json` (read and checked by [`RunFolder`]: member paths
         stay inside the run)."""
         run = RunFolder(run_dir)
-        manifest = run.read_manifest()
+        manifest = run.read_manifest().usable(run_dir)  # diverged members left out, non-finite refused
         if not manifest.members:
-            raise ValueError(f"The manifest of {run_dir} lists no finished members.")
+            raise ValueError(f"The manifest of {run_dir} lists no finished (non-diverged) members.")
         return cls.from_pretrained(run.member_paths(manifest), device=device, **kwargs)
 
     def __len__(self) -> int:

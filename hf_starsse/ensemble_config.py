@@ -9,6 +9,8 @@ from typing import Any
 from transformers import TrainingArguments
 
 ENSEMBLE_STRATEGIES = ("local_de", "global_de", "sse", "star_sse")
+DIVERGENCE_ACTIONS = ("stop", "skip")
+DEFAULT_LR_SCHEDULER = TrainingArguments.lr_scheduler_type  # the dataclass default: left unset by the user
 
 
 @dataclass
@@ -53,6 +55,13 @@ class EnsembleTrainingArguments(TrainingArguments):
         evaluate_members (`bool`, *optional*, defaults to `True`):
             Evaluate each member on `eval_dataset` (when given) before it is saved; the metrics go into its
             `member.json`.
+        weight_decay_on_norm_and_bias (`bool`, *optional*, defaults to `False`):
+            Decay every parameter (biases and normalisation weights included), like
+            `torch.optim.SGD(model.parameters(), weight_decay=...)` in the authors' ResNet recipes. The default keeps
+            the `Trainer`'s grouping (no decay on biases and LayerNorm / `*norm*` parameters).
+        on_divergence (`str`, *optional*, defaults to `"stop"`):
+            What to do when a member's loss or weights become non-finite: `"stop"` saves nothing for that member and
+            raises; `"skip"` records it as diverged (its `member.json` only, no weights) and trains the next member.
     """
 
     ensemble_strategy: str = field(
@@ -107,6 +116,21 @@ class EnsembleTrainingArguments(TrainingArguments):
         default=True,
         metadata={"help": "Evaluate each member on `eval_dataset` before saving it (metrics go to member.json)."},
     )
+    weight_decay_on_norm_and_bias: bool = field(
+        default=False,
+        metadata={
+            "help": "Decay every parameter, biases and norm weights included (the authors' ResNet recipes: "
+            "`torch.optim.SGD(model.parameters(), weight_decay=...)`). Default: the Trainer's grouping."
+        },
+    )
+    on_divergence: str = field(
+        default="stop",
+        metadata={
+            "help": "When a member's loss or weights become non-finite: `stop` (save nothing, raise) or `skip` "
+            "(record the member as diverged, without weights, and go on).",
+            "choices": list(DIVERGENCE_ACTIONS),
+        },
+    )
 
     def __post_init__(self):
         self._validate_ensemble_fields()
@@ -118,8 +142,24 @@ class EnsembleTrainingArguments(TrainingArguments):
                 f"`ensemble_strategy` should be one of {', '.join(ENSEMBLE_STRATEGIES)}, "
                 f"got {self.ensemble_strategy!r}."
             )
-        if not isinstance(self.num_members, int) or self.num_members < 1:
+        if not _is_int(self.num_members) or self.num_members < 1:
             raise ValueError(f"`num_members` should be a positive integer, got {self.num_members!r}.")
+        if self.on_divergence not in DIVERGENCE_ACTIONS:
+            raise ValueError(
+                f"`on_divergence` should be one of {', '.join(DIVERGENCE_ACTIONS)}, got {self.on_divergence!r}."
+            )
+        for name in ("weight_decay_on_norm_and_bias", "reset_optimizer_each_cycle", "member_parallel"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` should be True or False, got {getattr(self, name)!r}.")
+        if self.member_seeds is not None and not all(_is_int(s) for s in self.member_seeds):
+            raise ValueError(f"`member_seeds` should be integers, got {self.member_seeds!r}.")
+        scheduler = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
+        if scheduler != DEFAULT_LR_SCHEDULER:
+            raise ValueError(
+                f"`lr_scheduler_type` is not used by an ensemble run, got {scheduler!r}: the cyclic cosine schedule "
+                "(first fine-tuning, then one cycle per member) is the method; set `warmup_steps` and the `cycle_*` "
+                "fields instead."
+            )
         if self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` should be positive, got {self.learning_rate}.")
         if self.max_steps is not None and self.max_steps <= 0 and self.num_train_epochs <= 0:
@@ -130,7 +170,9 @@ class EnsembleTrainingArguments(TrainingArguments):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"`{name}` should be positive, got {value}.")
-        if self.cycle_steps is not None and int(self.cycle_steps) != self.cycle_steps:
+        if self.cycle_steps is not None and (
+            isinstance(self.cycle_steps, bool) or int(self.cycle_steps) != self.cycle_steps
+        ):
             raise ValueError(f"`cycle_steps` should be an integer, got {self.cycle_steps}.")
         if self.cycle_warmup_steps < 0:
             raise ValueError(f"`cycle_warmup_steps` should be >= 0, got {self.cycle_warmup_steps}.")
@@ -220,6 +262,8 @@ class EnsembleTrainingArguments(TrainingArguments):
             "weight_decay": self.weight_decay,
             "per_device_train_batch_size": self.per_device_train_batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "max_grad_norm": self.max_grad_norm,
+            "weight_decay_on_norm_and_bias": self.weight_decay_on_norm_and_bias,
         }
 
 
@@ -227,3 +271,8 @@ def _exclusive(args: EnsembleTrainingArguments, *names: str) -> None:
     given = [n for n in names if getattr(args, n) is not None]
     if len(given) > 1:
         raise ValueError(f"Set only one of {', '.join(f'`{n}`' for n in names)}; got {', '.join(given)}.")
+
+
+def _is_int(value: Any) -> bool:
+    """An integer that is not a bool (`True` is an `int` in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)

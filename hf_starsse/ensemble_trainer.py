@@ -24,6 +24,13 @@ from transformers.trainer_utils import get_last_checkpoint, set_seed
 
 from . import __version__
 from .architecture import check_same_architecture
+from .divergence import (
+    MemberDivergedError,
+    check_parent_usable,
+    raise_if_nonfinite_loss,
+    raise_if_nonfinite_weights,
+    write_diverged_member,
+)
 from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_plan import MemberPlan, SchedulePlan, plan_members, plan_schedule
 from .file_utils import atomic_directory, atomic_write_json, crash_point, remove_stale_temporaries
@@ -35,6 +42,13 @@ from .manifest import (
     EnsembleManifest,
     MemberRecord,
     member_dir,
+)
+from .training_checks import (
+    check_output_dir_writable,
+    check_train_dataset,
+    is_write_error,
+    warn_small_batchnorm_tail,
+    write_error,
 )
 
 logger = logging.getLogger(__name__)
@@ -107,6 +121,8 @@ class EnsembleTrainer(Trainer):
         # `push_to_hub` publishes the whole run once at the end (hf_starsse.hub), not each member's checkpoints
         self._push_run_at_end = bool(args.push_to_hub)
         args.push_to_hub = False
+        if args.should_save:
+            check_output_dir_writable(args.output_dir)  # the Trainer creates it: one line instead of its traceback
         super().__init__(model=model, args=args, **kwargs)
         self._fresh_model_for_member0 = True
         self._phase: MemberPlan | None = None
@@ -150,7 +166,11 @@ class EnsembleTrainer(Trainer):
         args = self.args
         run_dir = Path(args.output_dir)
         self._run_output_dir = str(run_dir)
+        check_train_dataset(self.train_dataset)
+        if args.should_save:
+            check_output_dir_writable(run_dir)
         plans = self.plan()
+        warn_small_batchnorm_tail(self)
         manifest = self._open_manifest(run_dir)
         finished = {m.index for m in manifest.members}
         output = EnsembleTrainOutput(run_dir=str(run_dir), manifest=manifest)
@@ -165,9 +185,21 @@ class EnsembleTrainer(Trainer):
                 continue
             if parallel and self._is_independent(plan):
                 continue  # trained below, by the process it is assigned to
+            check_parent_usable(plan, manifest)
             _log_progress(args, plan)
-            metrics = self._train_member(plan, resume_from_checkpoint, trial, ignore_keys_for_eval)
-            record = self._save_member(plan, metrics, manifest)
+            try:
+                metrics = self._train_member(plan, resume_from_checkpoint, trial, ignore_keys_for_eval)
+                record = self._save_member(plan, metrics, manifest)
+            except MemberDivergedError as err:
+                if args.on_divergence == "stop":
+                    raise
+                record = self._save_diverged_member(plan, err, manifest)
+            except Exception as err:
+                if is_write_error(err):
+                    raise write_error(err, f"member {plan.index} into {member_dir(run_dir, plan.index)}") from err
+                raise
+            if isinstance(resume_from_checkpoint, str):
+                resume_from_checkpoint = None  # a checkpoint path belongs to the first member trained by this call
             output.trained.append(plan.index)
             _log_member_done(args, record)
             output.metrics[f"member-{plan.index}"] = record.metrics
@@ -210,6 +242,8 @@ class EnsembleTrainer(Trainer):
             resume = resume_from_checkpoint
             if resume is True:
                 resume = get_last_checkpoint(checkpoint_dir) if os.path.isdir(checkpoint_dir) else None
+            if resume:
+                _log_resume(args, plan, resume)
             result = super().train(
                 resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
             )
@@ -233,19 +267,33 @@ class EnsembleTrainer(Trainer):
         self, pending: list[MemberPlan], manifest: EnsembleManifest, output: EnsembleTrainOutput
     ) -> None:
         """Each process trains and writes its own members (round-robin); the main process then records them all."""
+        from accelerate.utils import gather_object
+
         from .member_parallel import assign_members, save_pretrained_on_this_process, train_member_locally
 
         args = self.args
         self.model_wrapped = self.model  # drop the data-parallel wrapper of the previous phase (and its hooks)
         self.accelerator.free_memory()
         mine = assign_members([p.index for p in pending], args.world_size, args.process_index)
+        failures: list[dict] = []
         for plan in pending:
-            if plan.index not in mine:
+            if plan.index not in mine or failures:  # after a divergence with `on_divergence="stop"`: no more
                 continue
             _log_progress(args, plan, force=True)
             set_seed(plan.seed)
             self._load_member_start(plan)
-            metrics = train_member_locally(self, self.model, plan, self._schedule)
+            try:
+                metrics = train_member_locally(self, self.model, plan, self._schedule)
+            except MemberDivergedError as err:
+                if args.on_divergence == "stop":
+                    failures.append(err.fields())
+                else:
+                    record = self._member_record(plan, {})
+                    record.diverged = err.info()
+                    logger.warning(f"{err} Recorded as diverged (`on_divergence='skip'`).")
+                    write_diverged_member(self._run_output_dir, record)
+                    output.trained.append(plan.index)
+                continue
             metrics.update({"process_index": args.process_index, "world_size": args.world_size})
             record = self._member_record(plan, metrics)
             with atomic_directory(member_dir(self._run_output_dir, plan.index)) as tmp:
@@ -257,16 +305,15 @@ class EnsembleTrainer(Trainer):
             output.metrics[f"member-{plan.index}"] = record.metrics
             _log_member_done(args, record, force=True)
         self.accelerator.wait_for_everyone()
-        records = [
-            MemberRecord.from_dict(
-                json.loads((member_dir(self._run_output_dir, p.index) / MEMBER_INFO_NAME).read_text())
-            )
-            for p in pending
-        ]
+        infos = [member_dir(self._run_output_dir, p.index) / MEMBER_INFO_NAME for p in pending]
+        records = [MemberRecord.from_dict(json.loads(info.read_text())) for info in infos if info.is_file()]
         manifest.members = sorted([*manifest.members, *records], key=lambda m: m.index)
         if args.should_save:
             manifest.save(self._run_output_dir)
+        failures = gather_object(failures) if args.world_size > 1 else failures
         self.accelerator.wait_for_everyone()
+        if failures:
+            raise MemberDivergedError(**min(failures, key=lambda f: f["member"]))
 
     def _load_member_start(self, plan: MemberPlan) -> None:
         """Put the member's starting weights into `self.model`."""
@@ -308,6 +355,23 @@ class EnsembleTrainer(Trainer):
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
+        """All parameters if `weight_decay_on_norm_and_bias` (the authors' plain SGD), else the Trainer's grouping."""
+        if self.args.weight_decay_on_norm_and_bias:
+            return [name for name, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
+
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch=None) -> torch.Tensor:
+        """The `Trainer`'s step, then a check that the loss is finite (see `hf_starsse.divergence` for the cost)."""
+        if self._phase is not None:
+            crash_point(
+                f"train_step-member-{self._phase.index}-after-{self.state.global_step}"
+            )  # tests: kill at a step
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._phase is not None:
+            raise_if_nonfinite_loss(self, loss, self._phase)
+        return loss
+
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
         if self._pending_optimizer_state is not None:
@@ -320,6 +384,7 @@ class EnsembleTrainer(Trainer):
         run_dir = Path(self._run_output_dir)
         record = self._member_record(plan, metrics)
         state_dict = self.accelerator.get_state_dict(self.model_wrapped)  # collective under FSDP / DeepSpeed
+        raise_if_nonfinite_weights(self, self.accelerator.unwrap_model(self.model).state_dict(), plan)
         if self._keeps_parent_state(plan.index):
             self._parent_states = {plan.index: _to_cpu(self.accelerator.unwrap_model(self.model).state_dict())}
         if self.args.should_save:
@@ -337,6 +402,23 @@ class EnsembleTrainer(Trainer):
             manifest.members = sorted([*manifest.members, record], key=lambda m: m.index)
         self.accelerator.wait_for_everyone()
         logger.info(f"member {plan.index}: saved to {member_dir(run_dir, plan.index)}")
+        return record
+
+    def _save_diverged_member(
+        self, plan: MemberPlan, err: MemberDivergedError, manifest: EnsembleManifest
+    ) -> MemberRecord:
+        """`on_divergence="skip"`: record the member as diverged (its folder holds only `member.json`)."""
+        record = self._member_record(plan, {})
+        record.diverged = err.info()
+        logger.warning(f"{err} Recorded as diverged (`on_divergence='skip'`).")
+        if self.args.should_save:
+            run_dir = Path(self._run_output_dir)
+            write_diverged_member(run_dir, record)
+            shutil.rmtree(run_dir / CHECKPOINTS_DIR / f"member-{plan.index}", ignore_errors=True)
+        manifest.members = sorted([*manifest.members, record], key=lambda m: m.index)
+        if self.args.should_save:
+            manifest.save(self._run_output_dir)
+        self.accelerator.wait_for_everyone()
         return record
 
     def _member_record(self, plan: MemberPlan, metrics: dict) -> MemberRecord:
@@ -439,6 +521,17 @@ def _log_member_done(args: EnsembleTrainingArguments, record: MemberRecord, forc
     logger.info(message)
     if args.should_log or force:
         print(message if not force else f"[process {args.process_index}] {message}", flush=True)
+
+
+def _log_resume(args: EnsembleTrainingArguments, plan: MemberPlan, checkpoint: str) -> None:
+    state = Path(checkpoint) / "trainer_state.json"
+    step = json.loads(state.read_text()).get("global_step", "?") if state.is_file() else "?"
+    message = (
+        f"[hf_starsse] member {plan.index}: resuming from {Path(checkpoint).name} (step {step} of {plan.num_steps})"
+    )
+    logger.info(message)
+    if args.should_log:
+        print(message, flush=True)
 
 
 def _log_progress(args: EnsembleTrainingArguments, plan: MemberPlan, force: bool = False) -> None:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from .file_utils import atomic_write_json
 from .run_folder import CHECKPOINTS_DIR, MANIFEST_NAME, MEMBER_INFO_NAME, MEMBERS_DIR, RunFolder  # noqa: F401
 
 FORMAT_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 
 def member_dir(run_dir: str | os.PathLike, index: int) -> Path:
@@ -120,3 +123,31 @@ class EnsembleManifest:
     def member_paths(self, run_dir: str | os.PathLike) -> list[Path]:
         """Absolute folders of the finished members, each checked to be a member folder inside the run."""
         return RunFolder(run_dir).member_paths(self)
+
+    def usable(self, run_dir: str | os.PathLike, check_weights: bool = True) -> EnsembleManifest:
+        """A copy holding only the members that can enter an ensemble, a soup or a push.
+
+        Members recorded as diverged (`on_divergence="skip"`) are left out with a warning naming them. With
+        `check_weights`, every other member's safetensors files are read once: a truncated file or non-finite weights
+        raise a one-line `ValueError` naming the member and the file.
+        """
+        from .member_weights import check_finite_member, check_readable
+
+        diverged = [m for m in self.members if m.diverged]
+        for m in diverged:
+            info = m.diverged or {}
+            logger.warning(
+                f"member {m.index} diverged during training (step {info.get('step')}, learning rate "
+                f"{info.get('learning_rate')}): left out of the ensemble, soups and uploads."
+            )
+        kept = [m for m in self.members if not m.diverged]
+        for record, folder in zip(kept, RunFolder(run_dir).member_paths(_with_members(self, kept))):
+            if check_weights:
+                check_finite_member(folder, f"member {record.index}")
+            else:
+                check_readable(folder)
+        return _with_members(self, kept)
+
+
+def _with_members(manifest: EnsembleManifest, members: list[MemberRecord]) -> EnsembleManifest:
+    return dataclasses.replace(manifest, members=list(members))

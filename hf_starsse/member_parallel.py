@@ -16,6 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from .divergence import MemberDivergedError
+from .member_weights import nonfinite_tensors
+
 if TYPE_CHECKING:
     from .ensemble_plan import MemberPlan, SchedulePlan
     from .ensemble_trainer import EnsembleTrainer
@@ -66,18 +69,37 @@ def train_member_locally(
     accumulation = args.gradient_accumulation_steps * max(1, args.world_size)
     batches = _endless(loader)
     losses, start = [], time.time()
-    for _ in range(plan.num_steps):
+    for step in range(plan.num_steps):
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for _ in range(accumulation):
             loss = trainer.compute_loss(model, _to_device(next(batches), device)) / accumulation
             loss.backward()
             step_loss += float(loss.detach())
+        if not math.isfinite(step_loss):  # `step_loss` is already on the host: no extra sync
+            raise MemberDivergedError(
+                plan.index,
+                step + 1,
+                plan.num_steps,
+                scheduler.get_last_lr()[0],
+                f"its training loss is {step_loss}",
+                plan.is_cycle,
+            )
         if args.max_grad_norm is not None and args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()
         scheduler.step()
         losses.append(step_loss)
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:
+        raise MemberDivergedError(
+            plan.index,
+            plan.num_steps,
+            plan.num_steps,
+            plan.peak_learning_rate,
+            f"{len(bad)} weight tensors are not finite when it ends (e.g. `{bad[0]}`)",
+            plan.is_cycle,
+        )
     metrics = {"train_loss": float(np.mean(losses)), "train_runtime": round(time.time() - start, 4)}
     if args.evaluate_members and trainer.eval_dataset is not None:
         metrics.update(evaluate_locally(trainer, model))

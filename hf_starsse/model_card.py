@@ -20,6 +20,7 @@ input is optional: a card renders (and its metadata validates) with nothing but 
 
 from __future__ import annotations
 
+import html
 import importlib.resources
 import math
 import os
@@ -129,6 +130,42 @@ def _hub_repo_ids(candidates: Any, namespaced: bool = False) -> list[str]:
     return ids
 
 
+_PLAIN = re.compile(r"^[\w./:@+=-]+$")
+
+
+def md_text(value: Any) -> str:
+    """A run string (checkpoint, dataset, split, `init_from`, ...) made inert in the Markdown body: one line, HTML
+    escaped, table pipes and Markdown punctuation backslash-escaped (no `---` line, broken table or `<script>`)."""
+    text = " ".join(str(value).split())
+    text = html.escape(text, quote=False)
+    return re.sub(r"([\\`*\[\]|#!<>{}])", r"\\\1", text)
+
+
+def md_code(value: Any) -> str:
+    """`value` as inline code when it is a plain identifier / path / repo id, else escaped text ([`md_text`])."""
+    text = str(value)
+    return f"`{text}`" if _PLAIN.match(text) else md_text(text)
+
+
+def _optimizer_text(hyperparameters: dict[str, Any]) -> str | None:
+    """One sentence on gradient clipping and which parameters were decayed (where the Trainer's defaults differ from
+    the paper's recipes), when the manifest records them."""
+    parts = []
+    clip = hyperparameters.get("max_grad_norm")
+    if isinstance(clip, (int, float)) and not isinstance(clip, bool):
+        parts.append(f"gradients clipped to norm {clip:g}" if clip > 0 else "no gradient clipping")
+    decay_all = hyperparameters.get("weight_decay_on_norm_and_bias")
+    if isinstance(decay_all, bool):
+        wd = hyperparameters.get("weight_decay")
+        wd_text = f"weight decay {wd:g}" if isinstance(wd, (int, float)) else "weight decay"
+        parts.append(
+            f"{wd_text} on every parameter (biases and norm weights included, as the authors' SGD)"
+            if decay_all
+            else f"{wd_text} except on biases and norm weights (the `Trainer`'s grouping)"
+        )
+    return ("Optimizer: " + "; ".join(parts) + ".") if parts else None
+
+
 def _hyperparameter_rows(manifest: EnsembleManifest | None) -> list[tuple[str, str]]:
     if manifest is None:
         return []
@@ -136,8 +173,8 @@ def _hyperparameter_rows(manifest: EnsembleManifest | None) -> list[tuple[str, s
     for name, value in sorted((manifest.hyperparameters or {}).items()):
         if SECRET_KEY.search(name) or value is None or isinstance(value, (dict, list)) and not value:
             continue
-        text = str(value).replace("|", "\\|").replace("\n", " ")
-        rows.append((name, text if len(text) <= 80 else text[:77] + "..."))
+        text = " ".join(str(value).split())
+        rows.append((md_text(name), md_text(text if len(text) <= 80 else text[:77] + "...")))
     return rows
 
 
@@ -258,7 +295,7 @@ def build_model_card(
         members.append(
             {
                 "index": record.index,
-                "init_from": record.init_from,
+                "init_from": md_code(record.init_from),
                 "seed": record.seed,
                 "learning_rate": record.learning_rate,
                 "num_steps": record.num_steps,
@@ -279,7 +316,9 @@ def build_model_card(
         eval_results=card_eval_results or None,
     )
     plot_entries = [
-        {"path": p, "title": Path(p).stem.replace("_", " ")} for p in (plots or []) if isinstance(p, str) and p
+        {"path": md_text(p), "title": md_text(Path(p).stem.replace("_", " "))}
+        for p in (plots or [])
+        if isinstance(p, str) and p
     ]
     return ModelCard.from_template(
         card_data,
@@ -288,17 +327,18 @@ def build_model_card(
         repo_id=repo_id,
         strategy_label=STRATEGY_LABELS.get(strategy or "", strategy),
         num_members=len(manifest.members) if manifest is not None else 0,
-        base_model_text=", ".join(f"`{b}`" for b in (manifest.base_models if manifest else []) if b) or None,
+        base_model_text=", ".join(md_code(b) for b in (manifest.base_models if manifest else []) if b) or None,
         method_description=STRATEGY_DESCRIPTIONS.get(strategy or "", GENERIC_DESCRIPTION),
         root_text=ROOT_DESCRIPTIONS.get(root, ROOT_DESCRIPTIONS["uniform"]),
         has_eval=bool(rows),
-        dataset_text=f"the `{split or 'test'}` split of `{dataset}`",
+        dataset_text=f"the {md_code(split or 'test')} split of {md_code(dataset)}",
         result_metrics=result_metrics,
         results_rows=results_rows,
         size_rows=size_rows,
         size_columns=size_columns,
         plots=plot_entries,
         hyperparameters=_hyperparameter_rows(manifest),
+        optimizer_text=_optimizer_text(hyperparameters),
         members=members,
         member_repos=bool(member_repos),
     )
@@ -343,7 +383,7 @@ def build_member_card(
     origin = "fine-tuned from the pre-trained checkpoint"
     if record is not None:
         origin = (
-            f"fine-tuned from `{record.init_from}`"
+            f"fine-tuned from {md_code(record.init_from)}"
             if record.parent is None
             else f"one cycle from member {record.parent}"
         )

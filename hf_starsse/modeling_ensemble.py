@@ -17,11 +17,13 @@ imported (it registers `EnsembleConfig` / `EnsembleForImageClassification` with 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -33,7 +35,10 @@ from transformers import (
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .manifest import EnsembleManifest
+from .member_weights import check_readable, nonfinite_tensors
 from .run_folder import MANIFEST_NAME, RunFolder, check_member_relpath, validate_manifest_data
+
+logger = logging.getLogger(__name__)
 
 ENSEMBLE_MODEL_TYPE = "hf_starsse_ensemble"
 # Keyword arguments of `from_pretrained` that locate files on the Hub, forwarded to every download.
@@ -188,19 +193,54 @@ class EnsembleForImageClassification(PreTrainedModel):
         manifest, locations = found
         if not manifest.members:
             raise ValueError(f"The ensemble manifest of {pretrained_model_name_or_path} lists no finished member.")
+        _usable_records(manifest)  # warns about the diverged members, raises when none is left
+        keep = [position for position, record in enumerate(manifest.members) if not record.diverged]
         members = [
-            AutoModelForImageClassification.from_pretrained(where, *model_args, subfolder=sub, **kwargs)
-            for where, sub in locations
+            _load_member(*locations[position], manifest.members[position], model_args, kwargs) for position in keep
         ]
-        subfolders = [_join(subfolder, m.path) for m in manifest.members]
+        subfolders = [_join(subfolder, manifest.members[position].path) for position in keep]
         model = cls.from_members(members, strategy=manifest.strategy, subfolders=subfolders)
         model.config._name_or_path = str(pretrained_model_name_or_path)
         try:
-            where, sub = locations[0]
+            where, sub = locations[keep[0]]
             model.image_processor = AutoImageProcessor.from_pretrained(where, subfolder=sub, **hub_kwargs)
         except (OSError, ValueError):
             model.image_processor = None
         return model
+
+
+def _usable_records(manifest: EnsembleManifest) -> list:
+    """The manifest's members without the diverged ones (left out with a warning)."""
+    for record in manifest.members:
+        if record.diverged:
+            logger.warning(f"member {record.index} diverged during training: left out of the ensemble.")
+    records = [r for r in manifest.members if not r.diverged]
+    if not records:
+        raise ValueError("Every member of the ensemble manifest diverged: nothing to load.")
+    return records
+
+
+def _load_member(name_or_path: str | os.PathLike, subfolder: str, record: Any, model_args: tuple, kwargs: dict):
+    """One member, with one-line errors naming its weights file (truncated / garbage) or its non-finite weights."""
+    where = Path(name_or_path) / subfolder if Path(name_or_path).is_dir() else f"{name_or_path}/{subfolder}"
+    if Path(name_or_path).is_dir():
+        check_readable(where)
+    try:
+        model = AutoModelForImageClassification.from_pretrained(
+            name_or_path, *model_args, subfolder=subfolder, **kwargs
+        )
+    except SafetensorError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"The weights of member {record.index} ({where}) are not readable safetensors: {first}."
+        ) from None
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:
+        raise ValueError(
+            f"member {record.index} ({where}) has non-finite weights ({len(bad)} tensors, e.g. `{bad[0]}`): it "
+            "diverged; leave it out of the ensemble."
+        )
+    return model
 
 
 def _manifest_and_member_locations(

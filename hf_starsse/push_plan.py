@@ -92,7 +92,7 @@ def plan_push(run: RunFolder, soup: str = "uniform", average_members: bool = Fal
         raise ValueError(f"`soup` should be one of {', '.join(SOUP_KINDS)}, got {soup!r}.")
     if not run.root.is_dir():
         raise FileNotFoundError(f"`run_dir` {run.root} is not a folder.")
-    manifest = run.read_manifest()
+    manifest = run.read_manifest().usable(run.root)  # diverged members left out (warning), non-finite refused
     if not manifest.members:
         raise ValueError(f"The manifest {run.manifest_path} lists no finished member: nothing to push.")
     plan = PushPlan(manifest=manifest, member_dirs=run.member_paths(manifest))

@@ -146,10 +146,10 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
         datasets.disable_progress_bars()
     run_dir = Path(run_dir)
     run = RunFolder(run_dir)
-    manifest = run.read_manifest()
+    manifest = run.read_manifest().usable(run_dir)  # diverged members left out, non-finite refused
     members = run.member_paths(manifest)
     if not members:
-        raise ValueError(f"The manifest of {run_dir} lists no finished members.")
+        raise ValueError(f"The manifest of {run_dir} lists no finished (non-diverged) members.")
     for i in settings.interpolate:
         if settings.interpolation_points and not 0 <= i < len(members):
             raise ValueError(

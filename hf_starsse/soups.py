@@ -114,6 +114,11 @@ def uniform_soup(
                 )
             for key in sorted(keys):
                 tensor = read_tensor(f, key, path)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise ValueError(
+                        f"{path}: tensor `{key}` holds NaN or infinity: this member's weights are not finite (it "
+                        "diverged); leave it out of the soup."
+                    )
                 if i == 0:
                     dtypes[key] = tensor.dtype
                     if tensor.is_floating_point():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .divergence import MemberDivergedError
 from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_plan import describe_plan, plan_members
 from .file_utils import atomic_write_json
@@ -355,9 +356,24 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Ens
         )
     else:
         trainer = EnsembleTrainer(**trainer_kwargs)
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=resume_argument(args.resume_from_checkpoint))
     _record_launch(trainer, output.run_dir)
     return output
+
+
+def resume_argument(value: str | bool | None) -> str | bool | None:
+    """`--resume_from_checkpoint`: `true` resumes the interrupted member from its last Trainer checkpoint, a path
+    resumes from that checkpoint, `false` / unset starts the unfinished member afresh."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no", ""):
+        return None
+    if not os.path.isdir(text):
+        raise FileNotFoundError(f"`resume_from_checkpoint` {text!r} is not a checkpoint folder (or `true`).")
+    return text
 
 
 def _record_launch(trainer, run_dir: str) -> None:
@@ -395,7 +411,7 @@ def cli_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """`main` with bad input reported as one line on stderr (exit code 1)."""
     try:
         return main(argv, prog)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
+    except (ValueError, OSError, TypeError, MemberDivergedError) as err:
         lines = str(err).strip().splitlines()
         print(f"{prog or 'train'}: error: {lines[0] if lines else repr(err)}", file=sys.stderr)
         return 1

@@ -21,7 +21,8 @@ def test_compare_command_end_to_end(tmp_path, capsys):
     assert [r["method"] for r in rows] == ["fge", "swag"]
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and r["nll"] > 0 and 0 <= r["ece"] <= 1 and 0 <= r["soup_accuracy"] <= 1
-        assert r["train_steps"] >= 4  # member 0 (2 steps) + the method's steps: matched budgets
+        # member 0 (1 step: 30 images, full batches of 16 only) + the method's >= 2 steps: matched budgets
+        assert r["train_steps"] >= 3
         assert r["wall_time_s"] > 0
     assert (out / "compare.png").stat().st_size > 1000
     assert (out / "compare_table.md").read_text().startswith("| method |")

@@ -137,7 +137,10 @@ def batches(
     dataset, batch_size: int, seed: int, device: torch.device, collate_fn: Callable | None = None
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless shuffled dict batches, moved to `device`: one generator seeded `member_data_seed(seed, 0)` draws a new
-    order every epoch (the trajectory continues member 0; its data stream stays apart from the run's other streams)."""
+    order every epoch (the trajectory continues member 0; its data stream stays apart from the run's other streams).
+
+    Every batch is full when the dataset holds at least one (the partial last batch of an epoch is dropped: train-mode
+    BatchNorm over a few samples corrupts the running statistics, e.g. 4 of 100 images at batch 16)."""
     generator = torch.Generator().manual_seed(member_data_seed(seed, 0))
     loader = DataLoader(
         dataset,
@@ -145,6 +148,7 @@ def batches(
         shuffle=True,
         generator=generator,
         collate_fn=collate_fn or default_data_collator,
+        drop_last=len(dataset) >= batch_size,
     )
     if len(loader) == 0:
         raise ValueError("`train_dataset` is empty.")
