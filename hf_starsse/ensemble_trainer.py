@@ -48,6 +48,7 @@ class EnsembleTrainOutput:
         manifest (`EnsembleManifest`): The manifest after training.
         trained (`list[int]`): Members trained by this call.
         skipped (`list[int]`): Members already finished on disk (resumed run).
+        adopted (`list[int]`): Members taken as given by this call (`first_member`), not trained.
         metrics (`dict`): Per-member train metrics of this call, keyed `member-<i>`.
     """
 
@@ -55,6 +56,7 @@ class EnsembleTrainOutput:
     manifest: EnsembleManifest
     trained: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    adopted: list[int] = field(default_factory=list)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -87,6 +89,12 @@ class EnsembleTrainer(Trainer):
         if not isinstance(args, EnsembleTrainingArguments):
             raise TypeError(f"`args` should be an `EnsembleTrainingArguments`, got {type(args).__name__}.")
         strategy = args.ensemble_strategy
+        if model_init is None and model is None and args.first_member is not None:
+            from transformers import AutoModelForImageClassification
+
+            from .first_member import resolve_first_member
+
+            model = AutoModelForImageClassification.from_pretrained(resolve_first_member(args.first_member))
         if model_init is None and model is None:
             raise ValueError("`EnsembleTrainer` needs `model_init` (or, for SSE / StarSSE, `model`).")
         if model_init is None and strategy in ("local_de", "global_de"):
@@ -161,6 +169,10 @@ class EnsembleTrainer(Trainer):
             if plan.index in finished:
                 logger.info(f"member {plan.index}/{args.num_members - 1}: finished on disk, kept as is.")
                 output.skipped.append(plan.index)
+                continue
+            if plan.index == 0 and args.first_member is not None:  # member 0 is given: copied, not trained
+                self._adopt_first_member(plan, manifest)
+                output.adopted.append(0)
                 continue
             if parallel and self._is_independent(plan):
                 continue  # trained below, by the process it is assigned to
@@ -266,6 +278,33 @@ class EnsembleTrainer(Trainer):
         if args.should_save:
             manifest.save(self._run_output_dir)
         self.accelerator.wait_for_everyone()
+
+    def _adopt_first_member(self, plan: MemberPlan, manifest: EnsembleManifest) -> MemberRecord:
+        """Copy `args.first_member` into `members/member-0` and record it (source, sha256); nothing is trained."""
+        from .first_member import copy_first_member
+
+        run_dir = Path(self._run_output_dir)
+        record = self._member_record(plan, {})
+        record.init_from, record.num_steps, record.num_epochs = self.args.first_member, 0, 0.0
+        if self.args.should_save:
+            with atomic_directory(member_dir(run_dir, 0)) as tmp:
+                record.adopted_from = copy_first_member(self.args.first_member, tmp)
+                if self.processing_class is not None and not (tmp / "preprocessor_config.json").is_file():
+                    self.processing_class.save_pretrained(tmp)
+                atomic_write_json(tmp / MEMBER_INFO_NAME, record.to_dict())
+            manifest.members = sorted([*manifest.members, record], key=lambda m: m.index)
+            manifest.save(run_dir)
+        self.accelerator.wait_for_everyone()
+        record = MemberRecord.from_dict(json.loads((member_dir(run_dir, 0) / MEMBER_INFO_NAME).read_text()))
+        if not self.args.should_save:
+            manifest.members = sorted([*manifest.members, record], key=lambda m: m.index)
+        self._fresh_model_for_member0 = False
+        model = self.accelerator.unwrap_model(self.model)
+        self._parent_states = {0: type(model).from_pretrained(member_dir(run_dir, 0)).state_dict()}
+        logger.info(f"member 0: taken from {self.args.first_member} (sha256 {record.adopted_from['sha256'][:12]})")
+        if self.args.should_log:
+            print(f"[hf_starsse] member 1/{self.args.num_members}: taken as given from {self.args.first_member}")
+        return record
 
     def _load_member_start(self, plan: MemberPlan) -> None:
         """Put the member's starting weights into `self.model`."""

@@ -35,16 +35,19 @@ def split_data(
     batch_size: int | None = None,
 ) -> EvalData:
     """An [`EvalData`] of one split (optionally a subset, optionally transformed), keyed by everything that defines
-    its `pixel_values`: the folder, split, rows, `datasets` fingerprint, subset, transform and image processor."""
+    its `pixel_values`: the rows and `datasets` fingerprint (the folder and split when there is no fingerprint), the
+    subset, the transform and the image processor. Two copies of one dataset (e.g. the `eval_data/` of two runs made
+    from the same split) share a key, so they share predictions of identical weights."""
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     if indices is not None:
         dataset = dataset.select(indices)
+    fingerprint = getattr(dataset, "_fingerprint", None)
     description = {
-        "path": str(Path(data_path).resolve()),
-        "split": split,
+        "path": None if fingerprint else str(Path(data_path).resolve()),
+        "split": None if fingerprint else split,
         "rows": len(dataset),
-        "fingerprint": getattr(dataset, "_fingerprint", None),
+        "fingerprint": fingerprint,
         "subset": derived_key({"indices": list(indices)}) if indices is not None else max_samples,
         "transform": transform,
         "processor": processor_signature(processor),

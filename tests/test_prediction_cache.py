@@ -72,9 +72,10 @@ def test_repeated_evaluate_runs_no_model_and_gives_identical_results(bn_run, cap
     new_calls, _, _ = _evaluate(bn_run, "--severities", "2", "4", capsys=capsys)
     assert new_calls == len(models) >= 4
     results = json.loads((bn_run / "eval" / "eval.json").read_text())
-    assert results["ood"]["corruptions"]["fog"]["severities"]["2"] == json.loads(first)["ood"]["corruptions"]["fog"][
-        "severities"
-    ]["2"]
+    assert (
+        results["ood"]["corruptions"]["fog"]["severities"]["2"]
+        == json.loads(first)["ood"]["corruptions"]["fog"]["severities"]["2"]
+    )
     assert results["ood"]["settings"]["max_samples"] == 32
 
 
