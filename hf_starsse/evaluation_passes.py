@@ -90,6 +90,7 @@ class EvaluationPasses:
         self._needs_bn: bool | None = None
         self._bn_data = bn_data
         self._states: dict[int, dict[str, torch.Tensor]] = {}
+        self._planned: set[tuple[str, str]] = set()  # (model, data) pairs already counted by `plan_stage`
 
     # ----- derived models -----------------------------------------------------------------------------------------
     def template(self) -> torch.nn.Module:
@@ -216,9 +217,15 @@ class EvaluationPasses:
 
     # ----- the plan ------------------------------------------------------------------------------------------------
     def plan_stage(self, label: str, predictors: Sequence[Predictor], data: EvalData) -> dict[str, Any]:
-        """What one stage (these models on this data) still costs: passes, images, cached results."""
+        """What one stage (these models on this data) still costs: passes, images, cached results. A model already
+        counted on this data by an earlier stage (e.g. a line's end point, which is a member) counts as cached."""
         unique = {p.key: p for p in predictors}
-        todo = [p for p in unique.values() if not self.cache.has(p.key, data.key)]
+        todo = [
+            p
+            for p in unique.values()
+            if not self.cache.has(p.key, data.key) and (p.key, data.key) not in self._planned
+        ]
+        self._planned.update((p.key, data.key) for p in todo)
         images = len(todo) * data.num_samples + sum(p.build_images for p in todo if p._model is None)
         return {
             "label": label,
@@ -252,7 +259,7 @@ def format_plan(stages: Sequence[dict[str, Any]], notes: Sequence[str] = ()) -> 
         cached = s["models"] - s["todo"]
         lines.append(
             f"  {s['label']}: {s['models']} model(s) x {s['data']} ({s['num_samples']} images): "
-            f"{s['todo']} to compute, {cached} cached"
+            f"{s['todo']} to compute, {cached} cached or counted above"
         )
     lines += [f"  {note}" for note in notes]
     total = sum(s["images"] for s in stages)

@@ -156,6 +156,8 @@ class PredictionCache:
         progress (`bool`, *optional*, defaults to `False`): Show progress bars.
         max_models (`int`, *optional*, defaults to 8): Models held at once during one pass over a dataset.
         log (`Callable[[str], None]`, *optional*): Where the estimate from the first batches goes (`print`).
+        memory (`dict`, *optional*): An in-memory store shared with other caches of this process (e.g. the demo's
+            two runs, whose member 0 is the same file): a result found there is also written to `folder`.
     """
 
     def __init__(
@@ -165,10 +167,11 @@ class PredictionCache:
         progress: bool = False,
         max_models: int = 8,
         log: Callable[[str], None] | None = print,
+        memory: dict | None = None,
     ):
         self.folder = Path(folder) if folder is not None else None
         self.device, self.progress, self.max_models, self.log = device, progress, max_models, log
-        self._memory: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._memory: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {} if memory is None else memory
         self.stats = {"passes": 0, "images": 0, "build_images": 0, "reused": 0, "seconds": 0.0}
         self.images_to_do: int | None = None  # set from the plan: the estimate after the first batches uses it
         self._estimated = False
@@ -186,7 +189,10 @@ class PredictionCache:
     def get(self, weights: str, data: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The cached `(probs (N, C), labels (N,))`, or `None`."""
         if (weights, data) in self._memory:
-            return self._memory[(weights, data)]
+            probs, labels = self._memory[(weights, data)]
+            if self.folder is not None and not self.path(weights, data).is_file():
+                self.put(weights, data, probs, labels)
+            return probs, labels
         if self.folder is None or not self.path(weights, data).is_file():
             return None
         from safetensors import safe_open
