@@ -105,7 +105,7 @@ def run_plain(setup: tuple, members: int, steps: int, evaluate: bool, batch_size
 
 def run_ensemble_with_gc(setup: tuple, members: int, steps: int, evaluate: bool, batch_size: int) -> float:
     """The ensemble with accelerate's own `free_memory()` (a full `gc.collect()`) at every member's `train()`: what
-    `EnsembleTrainer` did before `_without_full_gc_on_cpu`."""
+    `EnsembleTrainer` did before `without_full_gc_on_cpu`."""
     from hf_starsse import ensemble_trainer
 
     import contextlib

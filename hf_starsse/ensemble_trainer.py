@@ -7,7 +7,6 @@ and recorded in `output_dir/ensemble.json`; running the same command again resum
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import json
@@ -36,6 +35,7 @@ from .manifest import (
     MemberRecord,
     member_dir,
 )
+from .member_overhead import without_full_gc_on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class EnsembleTrainer(Trainer):
             resume = resume_from_checkpoint
             if resume is True:
                 resume = get_last_checkpoint(checkpoint_dir) if os.path.isdir(checkpoint_dir) else None
-            with _without_full_gc_on_cpu(self.accelerator, self.args.device):
+            with without_full_gc_on_cpu(self.accelerator, self.args.device):
                 result = super().train(
                     resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
                 )
@@ -283,30 +283,9 @@ class EnsembleTrainer(Trainer):
 
     def _adopt_first_member(self, plan: MemberPlan, manifest: EnsembleManifest) -> MemberRecord:
         """Copy `args.first_member` into `members/member-0` and record it (source, sha256); nothing is trained."""
-        from .first_member import copy_first_member
+        from .first_member import adopt_first_member
 
-        run_dir = Path(self._run_output_dir)
-        record = self._member_record(plan, {})
-        record.init_from, record.num_steps, record.num_epochs = self.args.first_member, 0, 0.0
-        if self.args.should_save:
-            with atomic_directory(member_dir(run_dir, 0)) as tmp:
-                record.adopted_from = copy_first_member(self.args.first_member, tmp)
-                if self.processing_class is not None and not (tmp / "preprocessor_config.json").is_file():
-                    self.processing_class.save_pretrained(tmp)
-                atomic_write_json(tmp / MEMBER_INFO_NAME, record.to_dict())
-            manifest.members = sorted([*manifest.members, record], key=lambda m: m.index)
-            manifest.save(run_dir)
-        self.accelerator.wait_for_everyone()
-        record = MemberRecord.from_dict(json.loads((member_dir(run_dir, 0) / MEMBER_INFO_NAME).read_text()))
-        if not self.args.should_save:
-            manifest.members = sorted([*manifest.members, record], key=lambda m: m.index)
-        self._fresh_model_for_member0 = False
-        model = self.accelerator.unwrap_model(self.model)
-        self._parent_states = {0: type(model).from_pretrained(member_dir(run_dir, 0)).state_dict()}
-        logger.info(f"member 0: taken from {self.args.first_member} (sha256 {record.adopted_from['sha256'][:12]})")
-        if self.args.should_log:
-            print(f"[hf_starsse] member 1/{self.args.num_members}: taken as given from {self.args.first_member}")
-        return record
+        return adopt_first_member(self, plan, manifest)
 
     def _load_member_start(self, plan: MemberPlan) -> None:
         """Put the member's starting weights into `self.model`."""
@@ -432,31 +411,6 @@ class EnsembleTrainer(Trainer):
         if self.args.should_save:
             manifest.save(run_dir)
         return manifest
-
-
-@contextlib.contextmanager
-def _without_full_gc_on_cpu(accelerator: Any, device: torch.device) -> Any:
-    """Each `Trainer.train()` starts with `accelerator.free_memory()`, whose `gc.collect()` is a full collection of a
-    process holding the whole torch / transformers stack (~0.27 s of CPU per member, measured in
-    benchmarks/trainer_overhead.py). On CPU there is no device cache for it to give back, so while a member trains on
-    CPU `free_memory` only drops the accelerator's references (as accelerate does) and leaves collection to Python's
-    generational GC; on accelerators (and under DeepSpeed) it is accelerate's own."""
-    if torch.device(device).type != "cpu" or getattr(accelerator, "deepspeed_engine_wrapped", None) is not None:
-        yield
-        return
-
-    def free_memory(*objects: Any) -> list:
-        for name in ("_schedulers", "_optimizers", "_models", "_dataloaders"):
-            setattr(accelerator, name, [])
-        accelerator.step = 0
-        return [None] * len(objects)
-
-    accelerator.free_memory = free_memory
-    try:
-        yield
-    finally:
-        if accelerator.__dict__.get("free_memory") is free_memory:
-            del accelerator.free_memory  # back to accelerate's method
 
 
 def check_same_architecture(checkpoints: list[str]) -> None:
