@@ -110,12 +110,12 @@ def run_ensemble_with_gc(setup: tuple, members: int, steps: int, evaluate: bool,
 
     import contextlib
 
-    patched = ensemble_trainer._without_full_gc_on_cpu
-    ensemble_trainer._without_full_gc_on_cpu = lambda *args: contextlib.nullcontext()
+    patched = ensemble_trainer.without_full_gc_on_cpu
+    ensemble_trainer.without_full_gc_on_cpu = lambda *args: contextlib.nullcontext()
     try:
         return run_ensemble(setup, members, steps, evaluate, batch_size)
     finally:
-        ensemble_trainer._without_full_gc_on_cpu = patched
+        ensemble_trainer.without_full_gc_on_cpu = patched
 
 
 def run_ensemble(setup: tuple, members: int, steps: int, evaluate: bool, batch_size: int) -> float:
