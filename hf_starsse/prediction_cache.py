@@ -179,7 +179,9 @@ class PredictionCache:
     def path(self, weights: str, data: str) -> Path:
         if self.folder is None:
             raise ValueError("This prediction cache has no folder.")
-        return self.folder / f"{weights[:24]}-{data[:24]}.safetensors"
+        from .run_folder import prediction_file_name
+
+        return self.folder / prediction_file_name(weights, data)
 
     def has(self, weights: str, data: str) -> bool:
         if (weights, data) in self._memory:
