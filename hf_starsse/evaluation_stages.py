@@ -144,7 +144,7 @@ def evaluate_soups(
         for k in range(1, k_all + 1)
     ]
     everyone = list(range(k_all))
-    soups = {"uniform": _save(uniform, folder.soup_dir("uniform"), passes, everyone, results["soup_vs_size"][-1])}
+    soups = {"uniform": _save(uniform, folder, "uniform", passes, everyone, results["soup_vs_size"][-1], results)}
     predictors = {"uniform soup": uniform}
     if settings.soup == "greedy":
         val = data["validation"]
@@ -155,7 +155,7 @@ def evaluate_soups(
         )
         predictor = passes.soup(greedy.selected, name="greedy soup", saved=folder.soup_dir("greedy"))
         metrics = passes.metrics(predictor, test)
-        soups["greedy"] = _save(predictor, folder.soup_dir("greedy"), passes, greedy.selected, metrics)
+        soups["greedy"] = _save(predictor, folder, "greedy", passes, greedy.selected, metrics, results)
         soups["greedy"].update(
             {
                 "validation_accuracy": greedy.score,
@@ -169,16 +169,28 @@ def evaluate_soups(
 
 
 def _save(
-    predictor: Predictor, path: Path, passes: EvaluationPasses, selected: list[int], metrics: dict[str, float]
+    predictor: Predictor,
+    run: RunFolder,
+    kind: str,
+    passes: EvaluationPasses,
+    selected: list[int],
+    metrics: dict[str, float],
+    results: dict[str, Any],
 ) -> dict[str, Any]:
-    """Save a soup (BatchNorm statistics included) unless the same soup is saved there already; describe it."""
-    from .soups import save_soup_model
+    """Save a soup (BatchNorm statistics included) to `soups/<kind>/`, crash-safely; when the same soup (same key)
+    is saved there already only its `soup.json` is rewritten (with this evaluation's id), without any model pass."""
+    from .file_utils import atomic_write_json
+    from .soups import SOUP_INFO_NAME, save_soup_model
 
-    kind = path.name
-    info = {"kind": kind, "members": selected, "metrics": metrics, "key": predictor.key}
+    path = run.soup_dir(kind)
+    info = {"kind": kind, "members": selected, "metrics": metrics, "evaluation_id": results["evaluation_id"]}
     if saved_soup_key(path) != predictor.key:
-        save_soup_model(predictor.model(), path, passes.members[0], info=info, overwrite=True)
-    return {"kind": kind, "members": selected, "metrics": metrics, "path": str(path)}
+        save_soup_model(
+            predictor.model(), path, passes.members[0], info={**info, "key": predictor.key}, overwrite=True
+        )
+    else:
+        atomic_write_json(path / SOUP_INFO_NAME, {**info, "key": predictor.key})
+    return {**info, "path": path.relative_to(run.root).as_posix()}
 
 
 def evaluate_basin(manifest: Any, members: list[Path], passes: EvaluationPasses, test: Any, settings: Any) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,15 +11,11 @@ from typing import Any
 import torch
 
 from .ensemble import default_device
-from .eval_data import EVAL_DATA_DIR
 from .evaluation_report import write_report
 from .evaluation_stages import evaluate_basin, evaluate_ood_stage, evaluate_soups, prepare_passes, print_plan
-from .manifest import EnsembleManifest
 from .metrics import DEFAULT_NUM_BINS
 from .ood import DEFAULT_OOD_SAMPLES
-
-SOUPS_DIR = "soups"
-EVAL_DIR = "eval"
+from .run_folder import RunFolder, recover_replacements
 
 
 @dataclass
@@ -107,14 +104,14 @@ def load_splits(path: str | os.PathLike) -> dict[str, Any]:
 
 def resolve_eval_data(run_dir: Path, settings: EvaluationSettings) -> tuple[Path, dict[str, Any]]:
     """The evaluation data: `settings.dataset`, else `<run>/eval_data/` (one-line error when neither exists)."""
+    eval_data_dir = RunFolder(run_dir).eval_data_dir
     if settings.dataset is not None:
         path = Path(settings.dataset)
-    elif (run_dir / EVAL_DATA_DIR).exists():
-        path = run_dir / EVAL_DATA_DIR
+    elif eval_data_dir.exists():
+        path = eval_data_dir
     else:
         raise FileNotFoundError(
-            f"No evaluation data: pass `--dataset PATH` (a `save_to_disk` folder) or save one at "
-            f"{run_dir / EVAL_DATA_DIR}."
+            f"No evaluation data: pass `--dataset PATH` (a `save_to_disk` folder) or save one at {eval_data_dir}."
         )
     splits = load_splits(path)
     if settings.split not in splits:
@@ -134,6 +131,10 @@ def _image_processor(member: Path) -> Any:
 def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None = None) -> dict[str, Any]:
     """Evaluate the run in `run_dir` and write the report (see `hf_starsse.evaluation_report.write_report`).
 
+    The soups go to `soups/<kind>/` and the report to `eval/` (names of [`RunFolder`]); each replaces the previous
+    one crash-safely (a kill leaves the old or the new folder), and the results and the soups share one
+    `evaluation_id` so that readers (`hf-starsse push`) can tell a soup from another evaluation.
+
     Returns:
         `dict`: the results written to `eval.json` (plus `written`: the report files).
     """
@@ -145,8 +146,9 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
     run_dir = Path(run_dir)
-    manifest = EnsembleManifest.load(run_dir)
-    members = manifest.member_paths(run_dir)
+    run = RunFolder(run_dir)
+    manifest = run.read_manifest()
+    members = run.member_paths(manifest)
     if not members:
         raise ValueError(f"The manifest of {run_dir} lists no finished members.")
     for i in settings.interpolate:
@@ -175,8 +177,11 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
                 f"none could be loaded from {members[0]}."
             )
 
+    for folder in (run.soups_dir, run.eval_dir):  # finish what a killed evaluation left (old or new, never none)
+        recover_replacements(folder)
     passes, data = prepare_passes(run_dir, manifest, members, splits, data_path, processor, device, settings)
     results: dict[str, Any] = {
+        "evaluation_id": uuid.uuid4().hex,
         "run": str(run_dir),
         "strategy": manifest.strategy,
         "num_members": len(members),
@@ -194,7 +199,7 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
         f"(+ {stats['build_images']} for BatchNorm recalibration), {stats['reused']} cached results reused",
         flush=True,
     )
-    output_dir = Path(settings.output_dir) if settings.output_dir else run_dir / EVAL_DIR
+    output_dir = Path(settings.output_dir) if settings.output_dir else run.eval_dir
     written = write_report(results, output_dir, manifest=manifest, plots=settings.plots)
     results["written"] = {k: str(v) for k, v in written.items()}
     # the cost of this call is returned, not written: a repeated evaluation writes the same eval.json
