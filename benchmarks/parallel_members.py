@@ -174,17 +174,23 @@ def run_paired(start, x, y, args, device, takes_dict):
 
 def _process_worker(rank, num_processes, threads, start, x, y, args, takes_dict, barrier, results):
     torch.set_num_threads(threads)
+    results[f"ready-{rank}"] = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes of one machine
     member_indices = list(range(rank, args.members, num_processes))  # round-robin, as the trainer assigns them
     barrier.wait()
     results[rank] = run_sequential(start, member_indices, x, y, args, torch.device("cpu"), takes_dict)
 
 
 def run_processes(start, x, y, args, takes_dict):
-    """Member-parallel: P processes, each training its own members one after another with threads / P threads."""
+    """Member-parallel: P processes of 1 thread each, each training its own members one after another.
+
+    Returns `(wall of the timed steps, cpu of all processes' timed steps, total wall)`: the total runs from creating
+    the processes to joining them, start-up (interpreter, imports with `--start-method spawn`, data transfer) included.
+    """
     import torch.multiprocessing as mp
 
-    context = mp.get_context("fork")
-    threads = max(1, torch.get_num_threads() // args.processes)
+    context = mp.get_context(args.start_method)
+    threads = 1
+    launched = time.perf_counter()
     barrier = context.Barrier(args.processes + 1)
     manager = context.Manager()
     results = manager.dict()
@@ -199,10 +205,25 @@ def run_processes(start, x, y, args, takes_dict):
     barrier.wait()
     for worker in workers:
         worker.join()
+    total = time.perf_counter() - launched
     if any(worker.exitcode != 0 for worker in workers):
         raise RuntimeError("A member-parallel worker process failed.")
+    timed = [results[r] for r in range(args.processes)]
+    startup = max(results[f"ready-{r}"] for r in range(args.processes)) - launched
     # wall: the slowest process's timed steps (the processes run at the same time); cpu: all processes together
-    return max(w for w, _ in results.values()), sum(c for _, c in results.values())
+    return max(w for w, _ in timed), sum(c for _, c in timed), total, startup
+
+
+def run_sequential_block(start, x, y, args, device, takes_dict):
+    """Sequential with as many threads as the processes have in total (`--processes` x 1): equal total threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.processes)
+    launched = time.perf_counter()
+    try:
+        wall, cpu = run_sequential(start, range(args.members), x, y, args, device, takes_dict)
+    finally:
+        torch.set_num_threads(threads)
+    return wall, cpu, time.perf_counter() - launched, 0.0
 
 
 def format_row(name: str, wall: float, cpu: float, wall0: float, cpu0: float, samples: int) -> str:
@@ -223,7 +244,13 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU).")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--processes", type=int, default=0, help="Also run member-parallel with this many processes.")
-    parser.add_argument("--repeats", type=int, default=1, help="Repeat the whole side-by-side comparison.")
+    parser.add_argument("--repeats", type=int, default=3, help="Repeat the whole side-by-side comparison.")
+    parser.add_argument(
+        "--start-method",
+        choices=("spawn", "fork", "forkserver"),
+        default="spawn",
+        help="How member-parallel processes start (spawn: fresh interpreters importing torch, as accelerate launch).",
+    )
     args = parser.parse_args()
     for name in ("members", "steps", "batch_size", "image_size", "pool"):
         if getattr(args, name) < 1:
@@ -250,6 +277,7 @@ def main():
     if hasattr(os, "getloadavg"):
         print("load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     header = f"{'mode':<34}{'wall s':>9}{'samples/s':>12}{'sequential/mode':>17}{'cpu s':>9}{'cpu ratio':>11}"
+    totals: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
         print(f"--- repeat {repeat + 1}/{args.repeats}: paired, step by step (sequential and vectorised alternately)")
         print(header)
@@ -263,15 +291,28 @@ def main():
               f"max {max(step_ratios):.2f}x over {len(step_ratios)} steps")  # fmt: skip
         if args.processes > 1 and device.type == "cpu":
             # processes cannot be interleaved with the others: run as blocks right after, sequential first
-            print(f"--- repeat {repeat + 1}/{args.repeats}: blocks, sequential then {args.processes} processes")
-            print(header)
+            n = args.processes
+            print(
+                f"--- repeat {repeat + 1}/{args.repeats}: blocks at equal total threads, sequential with {n} threads "
+                f"then {n} processes x 1 thread ({args.start_method}); load1 {os.getloadavg()[0]:.1f}"
+            )
+            print(header + f"{'total s':>10}{'start-up s':>12}")
             blocks = {
-                "sequential": run_sequential(start, range(args.members), x, y, args, device, takes_dict),
-                f"member-parallel {args.processes} processes": run_processes(start, x, y, args, takes_dict),
+                f"sequential, {n} threads": run_sequential_block(start, x, y, args, device, takes_dict),
+                f"member-parallel {n} proc x 1 thread": run_processes(start, x, y, args, takes_dict),
             }
-            wall0, cpu0 = blocks["sequential"]
-            for name, (wall, cpu) in blocks.items():
-                print(format_row(name, wall, cpu, wall0, cpu0, samples))
+            wall0, cpu0, total0, _ = blocks[f"sequential, {n} threads"]
+            for name, (wall, cpu, total, startup) in blocks.items():
+                print(format_row(name, wall, cpu, wall0, cpu0, samples) + f"{total:>10.2f}{startup:>12.2f}")
+                totals.setdefault(name, []).append(total)
+    if totals:
+        (seq_name, seq), (par_name, par) = totals.items()
+        ratios = [s / p for s, p in zip(seq, par)]
+        print(
+            f"total wall incl. start-up over {len(seq)} interleaved repeats: {seq_name} min {min(seq):.2f} s median "
+            f"{median(seq):.2f} s | {par_name} min {min(par):.2f} s median {median(par):.2f} s | sequential/parallel "
+            f"min/min {min(seq) / min(par):.2f}x, median of pairs {median(ratios):.2f}x"
+        )
     if hasattr(os, "getloadavg"):
         print("load average at the end (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
 

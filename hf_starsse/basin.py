@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -213,6 +213,7 @@ def plane_grid(
     device: torch.device | str | None = None,
     num_bins: int = DEFAULT_NUM_BINS,
     progress: bool = False,
+    point_metrics: Callable[[float, float], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Metrics on a `grid_size x grid_size` grid over the plane through three states.
 
@@ -226,6 +227,8 @@ def plane_grid(
         device (`torch.device` or `str`, *optional*): Where the model runs.
         num_bins (`int`, *optional*, defaults to 15): ECE bins.
         progress (`bool`, *optional*, defaults to `False`): Show a progress bar.
+        point_metrics (`Callable[[float, float], dict]`, *optional*): The metrics of `w0 + alpha * u + beta * v`,
+            in place of loading each point into `model` (e.g. from a prediction cache).
 
     Returns:
         `dict`: `x`, `y` (axis values), `points` (the three states' coordinates) and `metrics` (`{name: grid}` with
@@ -244,9 +247,12 @@ def plane_grid(
     for i, y in enumerate(ys):
         for j, x in enumerate(xs):
             alpha, beta = frame["to_coefficients"] @ np.array([x, y])
-            metrics = _evaluate_state(
-                model, combine(states, [alpha, beta]), dataloader, bn_dataloader, device, num_bins
-            )
+            if point_metrics is not None:
+                metrics = point_metrics(float(alpha), float(beta))
+            else:
+                metrics = _evaluate_state(
+                    model, combine(states, [alpha, beta]), dataloader, bn_dataloader, device, num_bins
+                )
             for name, value in metrics.items():
                 grids.setdefault(name, [[0.0] * grid_size for _ in range(grid_size)])[i][j] = value
             bar.update(1)

@@ -91,11 +91,14 @@ class CompareConfig:
 
 
 # ----- running the methods -------------------------------------------------------------------------------------------
-def _trainer_run(config: CompareConfig, strategy: str, checkpoint: str, processor, data, num_members: int) -> Path:
+def _trainer_run(
+    config: CompareConfig, strategy: str, checkpoint: str, processor, data, num_members: int, first_member=None
+) -> Path:
     run_dir = Path(config.output_dir) / (strategy if num_members > 1 else "member0")
     train_demo_ensemble(
-        run_dir, strategy, num_members, config, checkpoint, processor, data["train"], data["validation"]
-    )
+        run_dir, strategy, num_members, config, checkpoint, processor, data["train"], data["validation"],
+        first_member=str(first_member) if first_member is not None else None,
+    )  # fmt: skip
     return run_dir
 
 
@@ -220,10 +223,16 @@ def run_compare(config: CompareConfig) -> list[dict]:
     )
     times: dict[str, float] = {}
     run_dirs: dict[str, Path] = {}
+    adopted: dict[str, int] = {}  # SSE / StarSSE reusing Local DE's member 0 (same recipe and seed): its steps
     for method in [m for m in TRAINER_METHODS if m in config.methods]:
         t = time.time()
-        run_dirs[method] = _trainer_run(config, method, checkpoint, processor, data, config.num_members)
+        reuse = method in ("sse", "star_sse") and "local_de" in run_dirs
+        first = member_dir(run_dirs["local_de"], 0) if reuse else None
+        run_dirs[method] = _trainer_run(config, method, checkpoint, processor, data, config.num_members, first)
         times[method] = time.time() - t
+        if first is not None:  # charged its share of Local DE's time and steps, as if trained here
+            times[method] += times["local_de"] / config.num_members
+            adopted[method] = EnsembleManifest.load(run_dirs["local_de"]).members[0].num_steps
         print(f"[compare] {method}: trained in {times[method]:.0f}s", flush=True)
     posthoc = [m for m in POSTHOC_METHODS if m in config.methods]
     if posthoc:
@@ -242,7 +251,7 @@ def run_compare(config: CompareConfig) -> list[dict]:
             print(f"[compare] {method}: built in {time.time() - t:.0f}s (+ member 0)", flush=True)
     rows = []
     for method in [m for m in COMPARE_METHODS if m in run_dirs]:
-        steps = _total_steps(run_dirs[method])
+        steps = _total_steps(run_dirs[method]) + adopted.get(method, 0)
         if method in POSTHOC_METHODS:
             steps = member0_steps + _posthoc_steps(run_dirs[method])
         rows.append(

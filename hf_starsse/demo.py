@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Array3D, Dataset, DatasetDict, Features, Value
+from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from .digits import load_digits_dataset
 from .efficientnet_lite0 import build_efficientnet_lite0_checkpoint
-from .ensemble import Ensemble
 from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_trainer import EnsembleTrainer
 from .eval_data import make_eval_dataloader
 from .file_utils import atomic_write_json
-from .manifest import EnsembleManifest
 from .metrics import compute_metrics
+from .run_folder import RunFolder
 
 RESULTS_NAME = "demo_results.json"
 
@@ -86,8 +86,12 @@ def train_demo_ensemble(
     processor,
     train: Dataset,
     validation: Dataset,
+    first_member: str | None = None,
 ) -> None:
-    """Train one ensemble with the demo's recipe (SGD momentum 0.9, cosine, cycle LR / length ratios 1)."""
+    """Train one ensemble with the demo's recipe (SGD momentum 0.9, cosine, cycle LR / length ratios 1).
+
+    No per-member evaluation runs (the demo's figures are test figures, computed afterwards); `first_member` (SSE /
+    StarSSE) takes member 0 as given instead of training it."""
     args = EnsembleTrainingArguments(
         output_dir=str(run_dir),
         ensemble_strategy=strategy,
@@ -111,6 +115,8 @@ def train_demo_ensemble(
         disable_tqdm=True,
         report_to="none",
         dataloader_num_workers=0,
+        evaluate_members=False,
+        first_member=first_member,
     )
     EnsembleTrainer(
         model_init=partial(_model_init, checkpoint, 10),
@@ -133,10 +139,30 @@ def _model_init(checkpoint: str, num_labels: int) -> torch.nn.Module:
     )
 
 
-def evaluate_run(run_dir: str | os.PathLike, test: Dataset) -> dict:
-    """Test metrics of every member of a run and of their ensemble (mean of softmax probabilities)."""
-    manifest = EnsembleManifest.load(run_dir)
-    result = Ensemble.from_run(run_dir, device="cpu").evaluate(make_eval_dataloader(test, batch_size=256))
+def evaluate_run(run_dir: str | os.PathLike, memory: dict | None = None) -> dict:
+    """Test metrics of every member of a run and of their ensemble (mean of softmax probabilities) on the run's
+    `eval_data/` test split, through the run's prediction cache: `hf-starsse evaluate RUN` reuses these passes, and
+    `memory` (shared between the demo's runs) gives StarSSE's member 0, a copy of Local DE's, for free."""
+    from .evaluation_passes import EvaluationPasses, split_data
+    from .metrics import DEFAULT_NUM_BINS
+    from .prediction_cache import PredictionCache
+    from .run_evaluation import _image_processor, load_splits
+    from .run_folder import RunFolder
+
+    folder = RunFolder(run_dir)
+    manifest = folder.read_manifest()
+    members = folder.member_paths(manifest)
+    processor = _image_processor(members[0])
+    test = load_splits(folder.eval_data_dir)["test"]
+
+    def loader(dataset: Dataset) -> DataLoader:
+        return make_eval_dataloader(dataset, batch_size=64, image_processor=processor)
+
+    data = split_data("test", test, folder.eval_data_dir, "test", loader, processor)
+    cache = PredictionCache(folder.predictions_dir, device="cpu", log=None, memory=memory)
+    names = [f"member-{m.index}" for m in manifest.members]
+    passes = EvaluationPasses(members, names, cache, torch.device("cpu"), None, DEFAULT_NUM_BINS)
+    result = passes.ensemble_metrics(data)
     for record, row in zip(manifest.members, result["members"]):
         row["member"] = record.index
     result["strategy"] = manifest.strategy
@@ -172,16 +198,20 @@ def run_demo(config: DemoConfig) -> list[dict]:
         f"images at {config.image_size}px",
         flush=True,
     )
-    results = []
+    results, memory = [], {}
     for strategy in config.strategies:
         run_dir = out / strategy
         if not (run_dir / "eval_data").is_dir():  # raw held-out images for `hf-starsse evaluate RUN` (and --ood)
             held_out = DatasetDict({"validation": raw["validation"], "test": raw["test"]})
             held_out.save_to_disk(str(run_dir / "eval_data"))
+        first_member = None
+        if strategy in ("sse", "star_sse") and "local_de" in [r["strategy"] for r in results]:
+            first_member = str(RunFolder(out / "local_de").member_dir(0))  # same recipe and seed: reuse it
         train_demo_ensemble(
-            run_dir, strategy, config.num_members, config, checkpoint, processor, data["train"], data["validation"]
-        )
-        res = evaluate_run(run_dir, data["test"])
+            run_dir, strategy, config.num_members, config, checkpoint, processor, data["train"], data["validation"],
+            first_member=first_member,
+        )  # fmt: skip
+        res = evaluate_run(run_dir, memory)
         atomic_write_json(run_dir / RESULTS_NAME, res)
         results.append(res)
         print(

@@ -62,6 +62,11 @@ class EnsembleTrainingArguments(TrainingArguments):
         on_divergence (`str`, *optional*, defaults to `"stop"`):
             What to do when a member's loss or weights become non-finite: `"stop"` saves nothing for that member and
             raises; `"skip"` records it as diverged (its `member.json` only, no weights) and trains the next member.
+        first_member (`str`, *optional*):
+            SSE / StarSSE: an already fine-tuned classifier (a `save_pretrained` folder or a Hub repo id) taken as
+            member 0 instead of training it. It is copied into `members/member-0` (the run stays self-contained),
+            recorded with its source and the sha256 of its weights, and only the cycles are trained. The cycle LR and
+            length ratios still refer to `learning_rate` and `num_train_epochs` (set them to how it was fine-tuned).
     """
 
     ensemble_strategy: str = field(
@@ -132,6 +137,14 @@ class EnsembleTrainingArguments(TrainingArguments):
         },
     )
 
+    first_member: str | None = field(
+        default=None,
+        metadata={
+            "help": "SSE/StarSSE: an already fine-tuned classifier (folder or Hub repo id) taken as member 0; only "
+            "the cycles are trained. Cycle ratios still refer to `learning_rate` / `num_train_epochs`."
+        },
+    )
+
     def __post_init__(self):
         self._validate_ensemble_fields()
         super().__post_init__()
@@ -189,6 +202,14 @@ class EnsembleTrainingArguments(TrainingArguments):
                 "`member_parallel` needs independent members (star_sse, local_de, global_de); SSE members are "
                 "sequential by definition."
             )
+        if self.first_member is not None:
+            if self.ensemble_strategy not in ("sse", "star_sse"):
+                raise ValueError(
+                    f"`first_member` is only used by `ensemble_strategy` sse / star_sse (whose members 1.. start from "
+                    f"member 0), got it with {self.ensemble_strategy!r}."
+                )
+            if not isinstance(self.first_member, str) or not self.first_member.strip():
+                raise ValueError(f"`first_member` should be a folder or a Hub repo id, got {self.first_member!r}.")
         if self.ensemble_strategy == "global_de":
             if not self.pretrained_checkpoints:
                 raise ValueError("`pretrained_checkpoints` is required for `ensemble_strategy='global_de'`.")
@@ -258,6 +279,7 @@ class EnsembleTrainingArguments(TrainingArguments):
             "cycle_warmup_steps": self.cycle_warmup_steps,
             "reset_optimizer_each_cycle": self.reset_optimizer_each_cycle,
             "pretrained_checkpoints": self.pretrained_checkpoints,
+            "first_member": self.first_member,
             "optim": str(getattr(self.optim, "value", self.optim)),
             "weight_decay": self.weight_decay,
             "per_device_train_batch_size": self.per_device_train_batch_size,

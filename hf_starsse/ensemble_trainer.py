@@ -43,6 +43,7 @@ from .manifest import (
     MemberRecord,
     member_dir,
 )
+from .member_overhead import without_full_gc_on_cpu
 from .training_checks import (
     check_output_dir_writable,
     check_train_dataset,
@@ -63,6 +64,7 @@ class EnsembleTrainOutput:
         manifest (`EnsembleManifest`): The manifest after training.
         trained (`list[int]`): Members trained by this call.
         skipped (`list[int]`): Members already finished on disk (resumed run).
+        adopted (`list[int]`): Members taken as given by this call (`first_member`), not trained.
         metrics (`dict`): Per-member train metrics of this call, keyed `member-<i>`.
     """
 
@@ -70,6 +72,7 @@ class EnsembleTrainOutput:
     manifest: EnsembleManifest
     trained: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    adopted: list[int] = field(default_factory=list)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -102,6 +105,12 @@ class EnsembleTrainer(Trainer):
         if not isinstance(args, EnsembleTrainingArguments):
             raise TypeError(f"`args` should be an `EnsembleTrainingArguments`, got {type(args).__name__}.")
         strategy = args.ensemble_strategy
+        if model_init is None and model is None and args.first_member is not None:
+            from transformers import AutoModelForImageClassification
+
+            from .first_member import resolve_first_member
+
+            model = AutoModelForImageClassification.from_pretrained(resolve_first_member(args.first_member))
         if model_init is None and model is None:
             raise ValueError("`EnsembleTrainer` needs `model_init` (or, for SSE / StarSSE, `model`).")
         if model_init is None and strategy in ("local_de", "global_de"):
@@ -183,6 +192,10 @@ class EnsembleTrainer(Trainer):
                 logger.info(f"member {plan.index}/{args.num_members - 1}: finished on disk, kept as is.")
                 output.skipped.append(plan.index)
                 continue
+            if plan.index == 0 and args.first_member is not None:  # member 0 is given: copied, not trained
+                self._adopt_first_member(plan, manifest)
+                output.adopted.append(0)
+                continue
             if parallel and self._is_independent(plan):
                 continue  # trained below, by the process it is assigned to
             check_parent_usable(plan, manifest)
@@ -244,9 +257,10 @@ class EnsembleTrainer(Trainer):
                 resume = get_last_checkpoint(checkpoint_dir) if os.path.isdir(checkpoint_dir) else None
             if resume:
                 _log_resume(args, plan, resume)
-            result = super().train(
-                resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
-            )
+            with without_full_gc_on_cpu(self.accelerator, self.args.device):
+                result = super().train(
+                    resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
+                )
             metrics = dict(result.metrics)
             if args.evaluate_members and self.eval_dataset is not None:
                 metrics.update(self.evaluate(ignore_keys=ignore_keys_for_eval))
@@ -314,6 +328,12 @@ class EnsembleTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if failures:
             raise MemberDivergedError(**min(failures, key=lambda f: f["member"]))
+
+    def _adopt_first_member(self, plan: MemberPlan, manifest: EnsembleManifest) -> MemberRecord:
+        """Copy `args.first_member` into `members/member-0` and record it (source, sha256); nothing is trained."""
+        from .first_member import adopt_first_member
+
+        return adopt_first_member(self, plan, manifest)
 
     def _load_member_start(self, plan: MemberPlan) -> None:
         """Put the member's starting weights into `self.model`."""

@@ -50,6 +50,8 @@ class MemberRecord:
         data_seed (`int`, *optional*): Seed of its data order, `hf_starsse.seeds.member_data_seed(seed, index)`.
         diverged (`dict`, *optional*): Set (step, learning rate, reason) when training diverged and the member was
             skipped (`on_divergence="skip"`); such a member has no weights and is left out of ensembles and soups.
+        adopted_from (`dict`, *optional*): For a member taken as given (`first_member`): its `source`, the folder it
+            `resolved` to and the `sha256` of its weights; it was not trained by this run.
     """
 
     index: int
@@ -64,6 +66,7 @@ class MemberRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     data_seed: int | None = None
     diverged: dict[str, Any] | None = None
+    adopted_from: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

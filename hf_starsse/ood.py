@@ -13,7 +13,7 @@ import os
 import sys
 import types
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,7 @@ CORRUPTIONS = (
     "saturate",
 )
 SEVERITIES = (1, 2, 3, 4, 5)
+DEFAULT_OOD_SAMPLES = 200  # `evaluate --ood` uses a seeded random subset of this many test images by default
 MIN_IMAGE_SIZE = 32  # imagecorruptions refuses smaller images
 
 
@@ -168,6 +169,15 @@ def check_ood_settings(
     return corruptions, severities
 
 
+def ood_subset(num_rows: int, max_samples: int | None, seed: int = 0) -> list[int] | None:
+    """Sorted indices of a seeded random subset of `max_samples` rows (`None`: all rows, when they are fewer)."""
+    if max_samples is None or max_samples >= num_rows:
+        return None
+    if max_samples < 1:
+        raise ValueError(f"`ood_max_samples` should be positive, got {max_samples}.")
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(num_rows, size=max_samples, replace=False))
+
+
 def evaluate_ood(
     models: Sequence[torch.nn.Module],
     names: Sequence[str],
@@ -182,6 +192,7 @@ def evaluate_ood(
     num_bins: int = DEFAULT_NUM_BINS,
     device: torch.device | str | None = None,
     progress: bool = False,
+    predict: Callable[[str, int, Any], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Metrics of several models (members, soups) and of their ensemble on corrupted copies of `dataset`.
 
@@ -206,6 +217,8 @@ def evaluate_ood(
         num_bins (`int`, *optional*, defaults to 15): ECE bins.
         device (`torch.device` or `str`, *optional*): Where the models run.
         progress (`bool`, *optional*, defaults to `False`): Show progress bars.
+        predict (`Callable`, *optional*): `(corruption, severity, dataloader) -> (probs (M, N, C), labels)` in place
+            of running `models` on the dataloader (e.g. a prediction cache).
 
     Returns:
         `dict`: `{"corruptions": {name: {"severities": {s: {model: metrics}}, "mean": {model: metrics}}},
@@ -228,7 +241,10 @@ def evaluate_ood(
                 image_transform=corruption_transform(corruption, severity, seed=seed),
                 max_samples=max_samples,
             )
-            probs, labels = predict_probs(models, loader, device=device)
+            if predict is not None:
+                probs, labels = predict(corruption, severity, loader)
+            else:
+                probs, labels = predict_probs(models, loader, device=device)
             row = {name: classification_metrics(p, labels, num_bins=num_bins) for name, p in zip(names, probs)}
             if ensemble_indices:
                 row["ensemble"] = classification_metrics(probs[ensemble_indices].mean(axis=0), labels, num_bins)

@@ -9,16 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from .basin import distance_report, interpolation_curve, plane_grid
-from .bn_recalibration import has_batchnorm, recalibrate_batchnorm
-from .ensemble import Ensemble, default_device, evaluate_model, load_member_model
-from .eval_data import make_eval_dataloader
+from .ensemble import default_device
 from .evaluation_report import write_report
+from .evaluation_stages import evaluate_basin, evaluate_ood_stage, evaluate_soups, prepare_passes, print_plan
 from .metrics import DEFAULT_NUM_BINS
+from .ood import DEFAULT_OOD_SAMPLES
 from .run_folder import RunFolder, recover_replacements
-from .soups import greedy_soup, held_out_score_fn, load_soup_into, save_soup_model, uniform_soup
 
 
 @dataclass
@@ -36,8 +33,10 @@ class EvaluationSettings:
         ood (`bool`, *optional*, defaults to `False`): Evaluate on corrupted test data.
         corruptions (`list[str]`, *optional*): OOD corruptions (all 19 by default).
         severities (`list[int]`, *optional*): OOD severities (1..5 by default).
-        ood_max_samples (`int`, *optional*): Test samples used per corruption and severity.
-        interpolation_points (`int`, *optional*, defaults to 11): Points on the line between two members (0: skip).
+        ood_max_samples (`int`, *optional*, defaults to 200): Size of the seeded random subset of the test split used
+            per corruption and severity (0: the whole split).
+        interpolation_points (`int`, *optional*, defaults to 5): Points on the line between two members, end points
+            (the members themselves, no extra pass) included (0: skip).
         interpolate (`tuple[int, int]`, *optional*, defaults to `(0, 1)`): The two members of the line.
         plane_grid (`int`, *optional*, defaults to 0): Grid size of the plane through members 0, 1, 2 (0: skip).
         batch_size (`int`, *optional*, defaults to 64): Evaluation batch size.
@@ -57,8 +56,8 @@ class EvaluationSettings:
     ood: bool = False
     corruptions: list[str] | None = None
     severities: list[int] | None = None
-    ood_max_samples: int | None = None
-    interpolation_points: int = 11
+    ood_max_samples: int | None = DEFAULT_OOD_SAMPLES
+    interpolation_points: int = 5
     interpolate: tuple[int, int] = (0, 1)
     plane_grid: int = 0
     batch_size: int = 64
@@ -77,6 +76,8 @@ class EvaluationSettings:
         for name in ("batch_size", "num_bins"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` should be positive, got {getattr(self, name)}.")
+        if self.ood_max_samples is not None and self.ood_max_samples < 0:
+            raise ValueError(f"`ood_max_samples` should be >= 0 (0: the whole split), got {self.ood_max_samples}.")
         for name in ("interpolation_points", "plane_grid"):
             value = getattr(self, name)
             if value < 0 or value == 1:
@@ -176,16 +177,9 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
                 f"none could be loaded from {members[0]}."
             )
 
-    def loader(split: str) -> Any:
-        return make_eval_dataloader(
-            splits[split], batch_size=settings.batch_size, image_processor=processor, max_samples=settings.max_samples
-        )
-
-    test_loader = loader(settings.split)
-    bn_split = settings.bn_split or ("train" if "train" in splits else settings.validation_split)
-    bn_loader = loader(bn_split) if bn_split in splits else None
     for folder in (run.soups_dir, run.eval_dir):  # finish what a killed evaluation left (old or new, never none)
         recover_replacements(folder)
+    passes, data = prepare_passes(run_dir, manifest, members, splits, data_path, processor, device, settings)
     results: dict[str, Any] = {
         "evaluation_id": uuid.uuid4().hex,
         "run": str(run_dir),
@@ -193,129 +187,21 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
         "num_members": len(members),
         "data": {"path": str(data_path), "test": settings.split},
     }
-    ensemble = Ensemble.from_pretrained(members, device=device)
-    ensemble.names = [f"member-{m.index}" for m in manifest.members]
-    results["test"] = ensemble.evaluate(
-        test_loader, num_bins=settings.num_bins, progress="members + ensemble" if settings.progress else False
-    )
-
-    template = None
-    soup_models: dict[str, torch.nn.Module] = {}
-    if settings.soup != "none":
-        template = load_member_model(members[0], device=device)
-        needs_bn = has_batchnorm(template)
-        if needs_bn and bn_loader is None:
-            raise ValueError(
-                f"The members have BatchNorm: soups need a `{bn_split}` split to recalibrate it (`--bn-split`)."
-            )
-        results["data"]["bn_recalibration"] = bn_split if needs_bn else None
-        soups: dict[str, Any] = {}
-        soup_vs_size = []
-        sizes = range(1, len(members) + 1)
-        for k in tqdm(sizes, desc="uniform soups of the first k members", disable=not settings.progress):
-            load_soup_into(template, uniform_soup(members[:k]))
-            if needs_bn:
-                recalibrate_batchnorm(template, bn_loader, device=device)
-            metrics = evaluate_model(template, test_loader, device=device, num_bins=settings.num_bins)
-            soup_vs_size.append({"size": k, **metrics})
-        results["soup_vs_size"] = soup_vs_size
-        soups["uniform"] = _save(
-            template, run, "uniform", members[0], list(range(len(members))), soup_vs_size[-1], results
-        )
-        if settings.soup == "greedy":
-            val_loader = loader(settings.validation_split)
-            score_fn = held_out_score_fn(
-                template, val_loader, bn_dataloader=bn_loader if needs_bn else None, device=device
-            )
-            greedy = greedy_soup(members, score_fn, progress=settings.progress)
-            load_soup_into(template, greedy.state_dict)
-            if needs_bn:
-                recalibrate_batchnorm(template, bn_loader, device=device)
-            metrics = evaluate_model(template, test_loader, device=device, num_bins=settings.num_bins)
-            soups["greedy"] = _save(template, run, "greedy", members[0], greedy.selected, metrics, results)
-            soups["greedy"].update(
-                {
-                    "validation_accuracy": greedy.score,
-                    "member_validation_accuracy": greedy.member_scores,
-                    "history": greedy.history,
-                }
-            )
-        results["soups"] = soups
-        for kind in soups:
-            soup_models[f"{kind} soup"] = (
-                load_member_model(run.soup_dir(kind), device=device) if settings.ood else None
-            )
-
-    basin: dict[str, Any] = {
-        "distances": distance_report(members, manifest.base_models[0] if manifest.base_models else None)
-    }
-    if settings.interpolation_points and len(members) >= 2:
-        template = template or load_member_model(members[0], device=device)
-        a, b = settings.interpolate
-        points = interpolation_curve(
-            template,
-            uniform_soup([members[a]]),
-            uniform_soup([members[b]]),
-            test_loader,
-            num_points=settings.interpolation_points,
-            bn_dataloader=bn_loader if has_batchnorm(template) else None,
-            device=device,
-            num_bins=settings.num_bins,
-            progress=settings.progress,
-        )
-        basin["interpolation"] = {"members": [a, b], "points": points}
-    if settings.plane_grid and len(members) >= 3:
-        template = template or load_member_model(members[0], device=device)
-        plane = plane_grid(
-            template,
-            [uniform_soup([m]) for m in members[:3]],
-            test_loader,
-            grid_size=settings.plane_grid,
-            bn_dataloader=bn_loader if has_batchnorm(template) else None,
-            device=device,
-            progress=settings.progress,
-        )
-        plane["names"] = ["member-0", "member-1", "member-2"]
-        basin["plane"] = plane
-    results["basin"] = basin
-
+    print_plan(passes, data, settings, len(members))
+    results["test"] = passes.ensemble_metrics(data["test"])
+    soup_predictors = evaluate_soups(run_dir, passes, data, settings, results) if settings.soup != "none" else {}
+    results["basin"] = evaluate_basin(manifest, members, passes, data["test"], settings)
     if settings.ood:
-        from .ood import evaluate_ood
-
-        models = list(ensemble.models) + [m for m in soup_models.values() if m is not None]
-        names = list(ensemble.names) + [n for n, m in soup_models.items() if m is not None]
-        results["ood"] = evaluate_ood(
-            models,
-            names,
-            splits[settings.split],
-            processor,
-            corruptions=settings.corruptions,
-            severities=settings.severities,
-            ensemble_indices=list(range(len(ensemble))),
-            batch_size=settings.batch_size,
-            max_samples=settings.ood_max_samples or settings.max_samples,
-            seed=settings.seed,
-            num_bins=settings.num_bins,
-            device=device,
-            progress=settings.progress,
-        )
+        results["ood"] = evaluate_ood_stage(passes, soup_predictors, splits[settings.split], data, processor, settings)
+    stats = passes.cache.stats
+    print(
+        f"[evaluate] done: {stats['passes']} model passes over {stats['images']} images "
+        f"(+ {stats['build_images']} for BatchNorm recalibration), {stats['reused']} cached results reused",
+        flush=True,
+    )
     output_dir = Path(settings.output_dir) if settings.output_dir else run.eval_dir
     written = write_report(results, output_dir, manifest=manifest, plots=settings.plots)
     results["written"] = {k: str(v) for k, v in written.items()}
+    # the cost of this call is returned, not written: a repeated evaluation writes the same eval.json
+    results["cost"] = {k: stats[k] for k in ("passes", "images", "build_images", "reused", "seconds")}
     return results
-
-
-def _save(
-    model: torch.nn.Module,
-    run: RunFolder,
-    kind: str,
-    reference: Path,
-    selected: list[int],
-    metrics: dict[str, float],
-    results: dict[str, Any],
-) -> dict[str, Any]:
-    """Save the soup held by `model` (BatchNorm statistics included) to `soups/<kind>/`, replacing the previous one
-    crash-safely, and describe it (its `soup.json` carries the evaluation's id)."""
-    info = {"kind": kind, "members": selected, "metrics": metrics, "evaluation_id": results["evaluation_id"]}
-    path = save_soup_model(model, run.soup_dir(kind), reference, info=info, overwrite=True)
-    return {**info, "path": path.relative_to(run.root).as_posix()}

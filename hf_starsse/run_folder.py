@@ -45,6 +45,13 @@ SOUP_KINDS = ("uniform", "greedy")
 SOUP_INFO_NAME = "soup.json"
 PLOT_SUFFIX = ".png"
 PREDICTIONS_DIR = "predictions"
+PREDICTION_KEY_CHARS = 24  # characters of each key in a prediction file name
+
+
+def prediction_file_name(weights_key: str, data_key: str) -> str:
+    """`predictions/<weights>-<data>.safetensors`: the class probabilities of one set of weights on one dataset."""
+    return f"{weights_key[:PREDICTION_KEY_CHARS]}-{data_key[:PREDICTION_KEY_CHARS]}.safetensors"
+
 
 OLD_SUFFIX = ".old"
 TMP_SUFFIX = ".tmp"
@@ -165,6 +172,9 @@ class RunFolder:
     @property
     def predictions_dir(self) -> Path:
         return self.root / PREDICTIONS_DIR
+
+    def prediction_path(self, weights_key: str, data_key: str) -> Path:
+        return self.predictions_dir / prediction_file_name(weights_key, data_key)
 
     def folders_with_atomic_writes(self) -> list[Path]:
         """Every folder of the layout in which atomic writes leave temporaries / `.old` copies when killed."""

@@ -289,9 +289,10 @@ class GreedySoupResult:
 
 def greedy_soup(
     members: Sequence[str | os.PathLike],
-    score_fn: Callable[[dict[str, torch.Tensor]], float],
+    score_fn: Callable[[dict[str, torch.Tensor]], float] | None = None,
     member_scores: Sequence[float] | None = None,
     progress: bool = False,
+    score_members: Callable[[list[int]], float] | None = None,
 ) -> GreedySoupResult:
     """Greedy soup (Wortsman et al. 2022): add members by decreasing held-out score, keep one only if it helps.
 
@@ -308,15 +309,25 @@ def greedy_soup(
             `score_fn` otherwise.
         progress (`bool`, *optional*, defaults to `False`):
             Show a progress bar.
+        score_members (`Callable[[list[int]], float]`, *optional*):
+            Instead of `score_fn`: the held-out score of the uniform soup of the members at these (sorted) indices,
+            so a caller can reuse cached predictions (a single index is the member itself).
     """
     if not members:
         raise ValueError("`members` should list at least one member, got an empty list.")
+    if (score_fn is None) == (score_members is None):
+        raise ValueError("Pass exactly one of `score_fn` and `score_members` to `greedy_soup`.")
     check_same_architecture(members)
     for member in members:
         member_weights_file(member)
+    if score_members is None:
+
+        def score_members(indices: list[int]) -> float:
+            return score_fn(uniform_soup([members[i] for i in indices]))
+
     if member_scores is None:
         member_scores = [
-            float(score_fn(uniform_soup([m]))) for m in tqdm(members, "score members", disable=not progress)
+            float(score_members([i])) for i in tqdm(range(len(members)), "score members", disable=not progress)
         ]
     elif len(member_scores) != len(members):
         raise ValueError(
@@ -328,14 +339,12 @@ def greedy_soup(
     best = member_scores[order[0]]
     history: list[dict[str, Any]] = [{"index": order[0], "score": best, "accepted": True}]
     for index in tqdm(order[1:], "greedy soup", disable=not progress):
-        candidate = uniform_soup([members[i] for i in selected + [index]])
-        score = float(score_fn(candidate))
+        score = float(score_members(sorted(selected + [index])))
         accepted = score > best
         history.append({"index": index, "score": score, "accepted": accepted})
         if accepted:
             selected.append(index)
             best = score
-        del candidate
     return GreedySoupResult(
         state_dict=uniform_soup([members[i] for i in selected]),
         selected=selected,

@@ -57,6 +57,10 @@ def evaluated_run(tmp_path_factory):
 @pytest.mark.parametrize("point", ["replace_directory@soups/uniform", "soup_written"])
 def test_kill_during_soup_replacement_keeps_a_soup_and_evaluate_again_completes(evaluated_run, point):
     run = evaluated_run
+    # an identical evaluation keeps an up-to-date soup (same prediction-cache key, no model pass): mark it stale so
+    # that this evaluation replaces it
+    info_path = run.soup_dir("uniform") / "soup.json"
+    info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "key": "stale"}))
     old_soup = _snapshot(run.soup_dir("uniform"))
     _killed_at(point, ["evaluate", str(run.root), *EVALUATE])
     # old or new, never none: between the renames only `.uniform.old` is left, and readers (push) take it

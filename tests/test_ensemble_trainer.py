@@ -3,12 +3,13 @@
 from hf_starsse import EnsembleManifest, EnsembleTrainer, EnsembleTrainingArguments, member_dir
 from hf_starsse.cyclic_schedule import _get_cyclic_cosine_lr_lambda
 
+import hashlib
 import json
 import math
 
 import pytest
 import torch
-from ensemble_fixtures import global_model_init, make_image_dataset, make_pretrained, model_init_for
+from ensemble_fixtures import _load, global_model_init, make_image_dataset, make_pretrained, model_init_for
 from transformers import AutoModelForImageClassification, TrainerCallback
 
 LR = 0.05
@@ -194,3 +195,42 @@ def test_members_are_save_pretrained_folders_with_their_facts(tmp_path):
     assert "eval_loss" in info["metrics"] and "train_loss" in info["metrics"]
     assert not list(folder.parent.glob(".*"))  # no temporary leftovers
     assert not any(p.suffix in (".bin", ".pt", ".pth") for p in folder.rglob("*"))  # safetensors only
+
+
+def test_first_member_is_taken_as_given_and_cycles_start_from_it(tmp_path):
+    from hf_starsse.run_folder import RunFolder
+
+    from safetensors.torch import load_file
+
+    base = make_pretrained(tmp_path / "pretrained-resnet", "resnet")
+    given = _load(base)  # an "already fine-tuned" member 0: the pre-trained model with a 4-way head, perturbed
+    with torch.no_grad():
+        for p in given.parameters():
+            p.add_(0.01)
+    given.save_pretrained(tmp_path / "given")
+    source_bytes = (tmp_path / "given" / "model.safetensors").read_bytes()
+    for strategy in ("star_sse", "sse"):
+        recorder = Recorder()
+        args = _args(tmp_path, strategy, first_member=str(tmp_path / "given"))
+        trainer = EnsembleTrainer(
+            model_init=model_init_for(base), args=args, train_dataset=make_image_dataset(), callbacks=[recorder]
+        )
+        output = trainer.train()
+        run = RunFolder(args.output_dir)
+        assert output.adopted == [0] and output.trained == [1, 2]
+        assert len(recorder.phases) == 2  # member 0 was not trained
+        assert (run.member_dir(0) / "model.safetensors").read_bytes() == source_bytes  # copied, byte-identical
+        expected = load_file(str(tmp_path / "given" / "model.safetensors"))
+        first_cycle = recorder.phases[0]["start"]
+        assert all(torch.equal(first_cycle[k], v) for k, v in expected.items())  # member 1 starts from the given
+        if strategy == "star_sse":
+            assert all(torch.equal(recorder.phases[1]["start"][k], v) for k, v in expected.items())
+        member1 = load_file(str(run.member_dir(1) / "model.safetensors"))
+        assert not torch.equal(member1["classifier.1.weight"], expected["classifier.1.weight"])  # cycles trained
+        manifest = EnsembleManifest.load(args.output_dir)
+        record = manifest.members[0]
+        assert record.adopted_from["source"] == str(tmp_path / "given") and record.num_steps == 0
+        assert record.adopted_from["sha256"] == hashlib.sha256(source_bytes).hexdigest()
+        assert manifest.hyperparameters["first_member"] == str(tmp_path / "given")
+    with pytest.raises(ValueError, match="`first_member` is only used by `ensemble_strategy` sse / star_sse"):
+        _args(tmp_path, "local_de", first_member=str(tmp_path / "given"))

@@ -10,11 +10,19 @@ Evaluation data: `--dataset PATH` (a `datasets` folder written by `save_to_disk`
 run's own `RUN/eval_data/` (a DatasetDict with `validation` and `test` splits holding `pixel_values` and `labels`).
 Raw image datasets (an image column) are processed with the members' image processor.
 
+Cost: every model runs once per dataset; its class probabilities are cached in RUN/predictions/ (keyed by a hash
+of its weights and of the data), so repeating an evaluation, or adding an option, only computes what is new. The
+plan (forward passes still to do, what is cached) and an estimate from the first batches are printed first.
+`--ood` uses a seeded random subset of the test split by default (--ood-max-samples).
+
 Examples:
   hf-starsse evaluate runs/star_sse
   hf-starsse evaluate runs/star_sse --soup greedy --ood --corruptions gaussian_noise fog --severities 1 3 5
   hf-starsse evaluate runs/star_sse --dataset data/cifar10_saved --split test --max-samples 2000
 """
+
+
+DEFAULT_OOD_SAMPLES = 200  # = hf_starsse.ood.DEFAULT_OOD_SAMPLES (not imported: `--help` stays light)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,9 +53,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ood", action="store_true", help="Also evaluate on corrupted test data (imagecorruptions).")
     parser.add_argument("--corruptions", nargs="+", default=None, help="OOD corruptions (default: all 19).")
     parser.add_argument("--severities", nargs="+", type=int, default=None, help="OOD severities (default: 1 2 3 4 5).")
-    parser.add_argument("--ood-max-samples", type=int, default=None, help="Test samples per corruption and severity.")
     parser.add_argument(
-        "--interpolation-points", type=int, default=11, help="Points on the line between two members (0 skips)."
+        "--ood-max-samples",
+        type=int,
+        default=DEFAULT_OOD_SAMPLES,
+        help=f"OOD uses a seeded random subset of this many test images (default: {DEFAULT_OOD_SAMPLES}; 0: all).",
+    )
+    parser.add_argument(
+        "--interpolation-points",
+        type=int,
+        default=5,
+        help="Points on the line between two members, end points (the members: free) included (default: 5; 0 skips).",
     )
     parser.add_argument(
         "--interpolate", nargs=2, type=int, default=(0, 1), metavar=("A", "B"), help="Members of the line (0 1)."
