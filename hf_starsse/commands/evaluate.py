@@ -13,7 +13,7 @@ Raw image datasets (an image column) are processed with the members' image proce
 Examples:
   hf-starsse evaluate runs/star_sse
   hf-starsse evaluate runs/star_sse --soup greedy --ood --corruptions gaussian_noise fog --severities 1 3 5
-  hf-starsse evaluate runs/star_sse --dataset data/cifar10_saved --split test --max-samples 2000
+  hf-starsse evaluate runs/star_sse --dataset data/cifar10_saved --split test --max_samples 2000
 """
 
 
