@@ -26,6 +26,7 @@ from . import __version__
 from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_plan import MemberPlan, SchedulePlan, plan_members, plan_schedule
 from .file_utils import atomic_directory, atomic_write_json, remove_stale_temporaries
+from .quiet_loading import expected_new_head
 from .manifest import (
     CHECKPOINTS_DIR,
     MANIFEST_NAME,
@@ -159,7 +160,7 @@ class EnsembleTrainer(Trainer):
         parallel = args.member_parallel and args.world_size > 1
         for plan in plans:
             if plan.index in finished:
-                logger.info(f"member {plan.index}/{args.num_members - 1}: finished on disk, kept as is.")
+                logger.info(f"member-{plan.index} of {args.num_members}: finished on disk, kept as is.")
                 output.skipped.append(plan.index)
                 continue
             if parallel and self._is_independent(plan):
@@ -292,7 +293,8 @@ class EnsembleTrainer(Trainer):
 
     def _init_model(self, checkpoint: str | None) -> PreTrainedModel:
         init = self._member_init
-        model = init(checkpoint) if checkpoint is not None else init()
+        with expected_new_head():  # the fresh head's size-mismatch report is expected: not printed per member
+            model = init(checkpoint) if checkpoint is not None else init()
         if model is None:
             raise ValueError("`model_init` returned None.")
         return model
@@ -453,7 +455,7 @@ def _jsonable(data: dict) -> dict:
 def _log_member_done(args: EnsembleTrainingArguments, record: MemberRecord, force: bool = False) -> None:
     shown = {k: v for k, v in record.metrics.items() if k in ("train_loss", "train_runtime") or k.startswith("eval_")}
     shown = {k: v for k, v in shown.items() if "per_second" not in k}
-    message = f"[hf_starsse] member {record.index + 1}/{args.num_members} saved: " + ", ".join(
+    message = f"[hf_starsse] member-{record.index} of {args.num_members} saved: " + ", ".join(
         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()
     )
     logger.info(message)
@@ -463,7 +465,7 @@ def _log_member_done(args: EnsembleTrainingArguments, record: MemberRecord, forc
 
 def _log_progress(args: EnsembleTrainingArguments, plan: MemberPlan, force: bool = False) -> None:
     message = (
-        f"[hf_starsse] {args.ensemble_strategy} member {plan.index + 1}/{args.num_members}: from {plan.init_from}, "
+        f"[hf_starsse] {args.ensemble_strategy} member-{plan.index} of {args.num_members}: from {plan.init_from}, "
         f"seed {plan.seed}, {plan.num_steps} steps ({plan.num_epochs:.2g} epochs), "
         f"peak LR {plan.peak_learning_rate:.3g}"
     )
