@@ -164,7 +164,7 @@ class EnsembleForImageClassification(PreTrainedModel):
         manifest_file = _find_file(pretrained_model_name_or_path, _join(subfolder, MANIFEST_NAME), hub_kwargs)
         if manifest_file is None:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, subfolder=subfolder, **kwargs)
-        manifest = EnsembleManifest.load(manifest_file)
+        manifest = _load_manifest(pretrained_model_name_or_path, manifest_file)
         if not manifest.members:
             raise ValueError(f"The ensemble manifest {manifest_file} lists no finished member.")
         members, subfolders = [], []
@@ -185,6 +185,25 @@ class EnsembleForImageClassification(PreTrainedModel):
         except (OSError, ValueError):
             model.image_processor = None
         return model
+
+
+def _load_manifest(name_or_path: str | os.PathLike, manifest_file: str) -> EnsembleManifest:
+    """A run folder's manifest is checked against its member folders; a downloaded one (only `ensemble.json` is in
+    the Hub cache at this point) is checked for its schema and member paths, whose files are downloaded next."""
+    if Path(name_or_path).is_dir():
+        return EnsembleManifest.load(manifest_file)
+    import json
+
+    from .run_folder import MEMBER_PREFIX, MEMBERS_DIR, validate_manifest_data
+
+    data = json.loads(Path(manifest_file).read_text(encoding="utf-8"))
+    validate_manifest_data(data, Path(manifest_file))
+    manifest = EnsembleManifest.from_dict(data)
+    for record in manifest.members:
+        parts = Path(record.path).parts
+        if len(parts) != 2 or parts[0] != MEMBERS_DIR or not parts[1].startswith(MEMBER_PREFIX):
+            raise ValueError(f"{manifest_file}: member path {record.path!r} should be `{MEMBERS_DIR}/{MEMBER_PREFIX}<i>`.")
+    return manifest
 
 
 def _join(subfolder: str, name: str) -> str:

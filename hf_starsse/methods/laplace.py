@@ -20,7 +20,16 @@ from torch.nn.utils import vector_to_parameters
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, default_data_collator
 
-from ._common import BuildOutput, PosthocConfig, RunWriter, _check, _recalibrate_bn, has_batchnorm, load_member0
+from ._common import (
+    BuildOutput,
+    PosthocConfig,
+    RunWriter,
+    _check,
+    _recalibrate_bn,
+    has_batchnorm,
+    load_member0,
+    log_phase,
+)
 
 LAPLACE_SUBSETS = ("last_layer", "all")
 LAPLACE_HESSIANS = ("kron", "diag", "full")
@@ -189,7 +198,9 @@ def build_laplace(
     check_laplace_supported(model, config)
     writer = RunWriter(output_dir, "laplace", config, name, source)
     writer.start()
+    log_phase("laplace", f"fitting the {config.hessian_structure} Laplace posterior ({config.subset_of_weights} weights)")
     la, wrapped = fit_laplace(model, train_dataset, config, data_collator)
+    log_phase("laplace", f"posterior fitted; sampling {config.num_members} members")
     params = posterior_parameters(la, wrapped)
     num_params = sum(p.numel() for p in params)
     if num_params != la.mean.numel():
