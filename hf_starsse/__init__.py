@@ -42,7 +42,28 @@ _LAZY_ATTRIBUTES = {
     "ensure_torchvision_importable": "_torchvision_compat",
 }
 
-__all__ = sorted(_LAZY_ATTRIBUTES)
+__all__ = [
+    "CLIPVisionForImageClassification",
+    "ENSEMBLE_STRATEGIES",
+    "Ensemble",
+    "EnsembleConfig",
+    "EnsembleForImageClassification",
+    "EnsembleManifest",
+    "EnsembleTrainOutput",
+    "EnsembleTrainer",
+    "EnsembleTrainingArguments",
+    "MemberPlan",
+    "MemberRecord",
+    "cycle_boundaries",
+    "describe_plan",
+    "ensure_torchvision_importable",
+    "get_cyclic_cosine_schedule",
+    "greedy_soup",
+    "member_dir",
+    "plan_members",
+    "push_to_hub",
+    "uniform_soup",
+]
 
 if TYPE_CHECKING:
     from ._torchvision_compat import ensure_torchvision_importable

@@ -26,7 +26,6 @@ from . import __version__
 from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_plan import MemberPlan, SchedulePlan, plan_members, plan_schedule
 from .file_utils import atomic_directory, atomic_write_json, remove_stale_temporaries
-from .quiet_loading import expected_new_head
 from .manifest import (
     CHECKPOINTS_DIR,
     MANIFEST_NAME,
@@ -36,6 +35,7 @@ from .manifest import (
     MemberRecord,
     member_dir,
 )
+from .quiet_loading import expected_new_head
 
 logger = logging.getLogger(__name__)
 

@@ -202,7 +202,9 @@ def _load_manifest(name_or_path: str | os.PathLike, manifest_file: str) -> Ensem
     for record in manifest.members:
         parts = Path(record.path).parts
         if len(parts) != 2 or parts[0] != MEMBERS_DIR or not parts[1].startswith(MEMBER_PREFIX):
-            raise ValueError(f"{manifest_file}: member path {record.path!r} should be `{MEMBERS_DIR}/{MEMBER_PREFIX}<i>`.")
+            raise ValueError(
+                f"{manifest_file}: member path {record.path!r} should be `{MEMBERS_DIR}/{MEMBER_PREFIX}<i>`."
+            )
     return manifest
 
 

@@ -31,9 +31,7 @@ def is_expected_new_head_report(message: str) -> bool:
     rows = [m for m in map(_ROW.match, message.splitlines()) if m and m["key"].strip() != "Key"]
     if not rows:
         return False
-    return all(
-        row["status"] == "MISMATCH" and HEAD_MODULE_NAMES.intersection(row["key"].split(".")) for row in rows
-    )
+    return all(row["status"] == "MISMATCH" and HEAD_MODULE_NAMES.intersection(row["key"].split(".")) for row in rows)
 
 
 class _NewHeadFilter(logging.Filter):
@@ -51,7 +49,7 @@ class _NewHeadFilter(logging.Filter):
 
 @contextlib.contextmanager
 def expected_new_head() -> Iterator[None]:
-    """Within this block, the head-only LOAD REPORT of `from_pretrained(..., ignore_mismatched_sizes=True)` is hidden."""
+    """Hide the head-only LOAD REPORT of `from_pretrained(..., ignore_mismatched_sizes=True)` within this block."""
     global _announced
     head_filter = _NewHeadFilter()
     loggers = [logging.getLogger(name) for name in _REPORT_LOGGERS]

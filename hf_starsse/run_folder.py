@@ -43,6 +43,7 @@ EVAL_MD = "eval.md"
 SOUPS_DIR = "soups"
 SOUP_KINDS = ("uniform", "greedy")
 PREDICTIONS_DIR = "predictions"
+LAPLACE_PREDICTIVE_NAME = "laplace_predictive.json"  # a Laplace run: metrics of laplace-torch's predictive (compare)
 
 OLD_SUFFIX = ".old"
 TMP_SUFFIX = ".tmp"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from hf_starsse.cli import build_parser, flag_spellings
+
 import argparse
 import dataclasses
 import subprocess
 import sys
 
 import pytest
-
-from hf_starsse.cli import build_parser, flag_spellings
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:

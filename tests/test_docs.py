@@ -3,8 +3,9 @@
 The one switch is the Hub: the blocks run against a local Hub server (tests/hub_server.py, `HF_ENDPOINT`) that holds
 tiny stand-ins under the names the snippets use, so the text the user reads is the text that runs:
 
-- model `google/vit-base-patch16-224-in21k`: a random 1-layer ViT on 32-px images and its image processor;
-- dataset `uoft-cs/cifar100`: 90 train / 20 test random 32-px images with `img` / `fine_label` (3 classes);
+- model `google/vit-base-patch16-224-in21k`: a random 1-layer ViT on 16-px images and its image processor;
+- dataset `uoft-cs/cifar100`: 40 train / 12 test random 32-px images with `img` / `fine_label` (3 classes), so
+  every epoch of the README's batch size is one step;
 - model `user/vit-starsse`: pushed by the README's own `hf-starsse push` line (`HF_TOKEN` is a `user` token).
 
 How each block runs (README blocks in document order, in one temporary working directory and one Python namespace,
@@ -28,8 +29,8 @@ way in a fresh namespace, with an `image.jpg` in the working directory (the user
 
 from __future__ import annotations
 
-import os
 import re
+import os
 import shlex
 import time
 from pathlib import Path
@@ -41,7 +42,8 @@ FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 NOT_CODE = {"", "text", "bibtex"}
 PARSE_ONLY = ("demo", "compare")  # hf-starsse sub-commands that train for minutes: parsed, not run
 TOKENS = {"tok_google": "google", "tok_uoft": "uoft-cs", "tok_user": "user"}
-IMAGE_SIZE = 32
+IMAGE_SIZE = 16  # the stand-in ViT's input side
+RAW_SIZE = 32  # the stand-in dataset's images (imagecorruptions needs 32 px)
 
 
 def code_blocks(markdown: str) -> list[tuple[str, str]]:
@@ -77,11 +79,16 @@ def run_shell_command(argv: list[str]) -> str:
         return "checked (pip: not run)"
     if argv[:3] == ["python", "-m", "pytest"]:
         return "not run (this test suite)"
-    if argv[:2] == ["accelerate", "launch"] or argv[:1] == ["accelerate-launch"] or argv[:3] == [
-        "python",
-        "-m",
-        "accelerate.commands.launch",
-    ]:
+    if (
+        argv[:2] == ["accelerate", "launch"]
+        or argv[:1] == ["accelerate-launch"]
+        or argv[:3]
+        == [
+            "python",
+            "-m",
+            "accelerate.commands.launch",
+        ]
+    ):
         return _check_launch(argv[3:] if argv[0] == "python" else argv[2:] if argv[0] == "accelerate" else argv[1:])
     if argv[0] == "hf-starsse":
         from hf_starsse.cli import build_parser, main
@@ -89,6 +96,10 @@ def run_shell_command(argv: list[str]) -> str:
         if argv[1] in PARSE_ONLY or any(a.startswith("hf_starsse_demo/") for a in argv):
             build_parser().parse_args(argv[1:])
             return "parsed (trains for minutes)"
+        if os.environ.get("HF_STARSSE_DOCS_DEBUG"):  # full traceback instead of the CLI's one-line error
+            args = build_parser().parse_args(argv[1:])
+            args.func(args)
+            return "run"
         code = main(argv[1:])
         assert code == 0, f"`{shlex.join(argv)}` exited with {code}"
         return "run"
@@ -136,10 +147,10 @@ def _populate_hub(server, tmp: Path) -> None:
     data_dir = tmp / "stand_ins" / "cifar100" / "data"
     data_dir.mkdir(parents=True)
     features = Features({"img": Image(), "fine_label": ClassLabel(names=["apple", "bee", "castle"])})
-    for split, n in (("train", 90), ("test", 20)):
+    for split, n in (("train", 40), ("test", 12)):
         labels = [i % 3 for i in range(n)]
         images = [
-            PILImage.fromarray((rng.random((IMAGE_SIZE, IMAGE_SIZE, 3)) * 80 + 60 * label).astype("uint8"))
+            PILImage.fromarray((rng.random((RAW_SIZE, RAW_SIZE, 3)) * 80 + 60 * label).astype("uint8"))
             for label in labels
         ]
         Dataset.from_dict({"img": images, "fine_label": labels}, features=features).to_parquet(
@@ -196,7 +207,7 @@ def _patch_datasets_offline(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False, raising=False)
 
 
-def _run_blocks(blocks: list[tuple[str, str]], where: str) -> list[str]:
+def _run_blocks(blocks: list[tuple[str, str]], where: str, show=print) -> list[str]:
     namespace: dict = {"__name__": "__docs__"}
     report = []
     for number, (language, text) in enumerate(blocks):
@@ -212,13 +223,19 @@ def _run_blocks(blocks: list[tuple[str, str]], where: str) -> list[str]:
             assert language in NOT_CODE, f"{label}: no rule for fences of language {language!r}"
             report.append(f"{label}: not code")
         report[-1] += f" [{time.perf_counter() - start:.1f} s]"
+        show(report[-1])
     return report
 
 
 def test_readme_and_card_blocks_run(docs_hub, capsys):
     server, work = docs_hub
     readme = code_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
-    report = _run_blocks(readme, "README.md")
+
+    def show(line: str) -> None:
+        with capsys.disabled():
+            print("\n" + line, flush=True)
+
+    report = _run_blocks(readme, "README.md", show)
     assert server.repo_exists("user/vit-starsse"), "the README's push command should have published the run"
     card = server.files("user/vit-starsse")["README.md"].decode()
     card_blocks = code_blocks(card)
@@ -226,9 +243,8 @@ def test_readme_and_card_blocks_run(docs_hub, capsys):
     from PIL import Image
 
     Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (120, 60, 30)).save(work / "image.jpg")
-    report += _run_blocks(card_blocks, "model card")
-    with capsys.disabled():
-        print("\n" + "\n".join(report))
+    report += _run_blocks(card_blocks, "model card", show)
+    assert len(report) == len(readme) + len(card_blocks)
 
 
 def test_broken_snippets_fail():

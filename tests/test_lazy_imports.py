@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import hf_starsse
+
 import subprocess
 import sys
 import textwrap
-
-import hf_starsse
 
 
 def _run(code: str) -> str:
@@ -35,9 +35,9 @@ def test_import_is_light_and_applies_the_torchvision_shim_first():
 
 
 def test_auto_classes_registered_after_plain_import(tmp_path):
-    from tiny_run import tiny_image_processor, tiny_vit
-
     from hf_starsse.modeling_ensemble import EnsembleForImageClassification
+
+    from tiny_run import tiny_image_processor, tiny_vit
 
     folder = tmp_path / "ensemble"
     EnsembleForImageClassification.from_members([tiny_vit(0), tiny_vit(1)]).save_pretrained(folder)

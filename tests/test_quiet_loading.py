@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from hf_starsse import EnsembleTrainer, EnsembleTrainingArguments
+from hf_starsse.quiet_loading import expected_new_head, is_expected_new_head_report
+
 import logging
 from functools import partial
 
 import pytest
-
 from ensemble_fixtures import make_image_dataset, make_pretrained
 from transformers import AutoModelForImageClassification
-
-from hf_starsse import EnsembleTrainer, EnsembleTrainingArguments
-from hf_starsse.quiet_loading import expected_new_head, is_expected_new_head_report
 
 HEAD_ONLY = """ResNetForImageClassification LOAD REPORT from: /tmp/r
 Key                 | Status   |

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-# `CompareConfig`'s defaults, spelled here so that `--help` does not import torch (tests/test_cli.py checks they match).
+# `CompareConfig`'s defaults, spelled here so that `--help` does not import torch (tests/test_cli.py checks them).
 COMPARE_METHODS = ("local_de", "sse", "star_sse", "fge", "swa", "swag", "csgld", "laplace", "spro")
 DEFAULTS = {
     "output_dir": "hf_starsse_compare",
