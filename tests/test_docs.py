@@ -29,8 +29,8 @@ way in a fresh namespace, with an `image.jpg` in the working directory (the user
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import shlex
 import time
 from pathlib import Path
