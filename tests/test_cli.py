@@ -105,3 +105,16 @@ def test_help_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_train_help_is_cached_and_equal_to_the_live_help(tmp_path, monkeypatch):
+    from hf_starsse.commands import train as train_cmd
+    from hf_starsse.train_entry import build_parser as train_parser
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    live = train_parser(train_cmd.PROG).format_help()
+    assert train_cmd.help_text() == live  # built, then written
+    cache = train_cmd._help_cache_file()
+    assert cache.read_text() == live
+    cache.write_text("cached text")
+    assert train_cmd.help_text() == "cached text"  # read back without building the parser

@@ -19,8 +19,8 @@ import pytest
 import torch
 from conftest import HUB_TOKEN
 from PIL import Image
+from run_folder_helpers import IMAGE_SIZE, make_tiny_run
 from safetensors.torch import save_file
-from tiny_run import IMAGE_SIZE, make_tiny_run
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
 REPO = "alice/tiny-starsse"

@@ -37,11 +37,11 @@ def test_import_is_light_and_applies_the_torchvision_shim_first():
 def test_auto_classes_registered_after_plain_import(tmp_path):
     from hf_starsse.modeling_ensemble import EnsembleForImageClassification
 
-    from tiny_run import tiny_image_processor, tiny_vit
+    from run_folder_helpers import IMAGE_SIZE, image_processor, tiny_model
 
     folder = tmp_path / "ensemble"
-    EnsembleForImageClassification.from_members([tiny_vit(0), tiny_vit(1)]).save_pretrained(folder)
-    tiny_image_processor().save_pretrained(folder)
+    EnsembleForImageClassification.from_members([tiny_model("vit", 0), tiny_model("vit", 1)]).save_pretrained(folder)
+    image_processor().save_pretrained(folder)
     out = _run(
         f"""
         import hf_starsse
@@ -51,7 +51,7 @@ def test_auto_classes_registered_after_plain_import(tmp_path):
         model = AutoModelForImageClassification.from_pretrained({str(folder)!r})
         classifier = pipeline("image-classification", model={str(folder)!r})
         print(type(model).__name__, type(classifier.model).__name__, model.num_members)
-        print(classifier(Image.new("RGB", (16, 16)))[0]["label"].startswith("class_"))
+        print(classifier(Image.new("RGB", ({IMAGE_SIZE}, {IMAGE_SIZE})))[0]["label"].startswith("LABEL_"))
         """
     )
     assert out.splitlines() == ["EnsembleForImageClassification EnsembleForImageClassification 2", "True"]

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
-from tiny_run import make_tiny_run
+from run_folder_helpers import make_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_full_card_parses_validates_and_holds_ensemble_and_soup_accuracy(run_dir
 
     text = loaded.text
     assert "StarSSE (the paper's method)" in text
-    assert "| learning_rate | 0.5 |" in text and "| cycle_lr_ratio | 1.0 |" in text
+    assert "| learning_rate | 0.01 |" in text and "| cycle_lr_ratio | 1.0 |" in text
     assert "| Ensemble | 0.4000 | 1.2000 | 0.0500 |" in text
     assert "| 3 | 0.4000 | 0.3700 |" in text  # ensemble-vs-size table
     assert "![accuracy vs size](plots/accuracy_vs_size.png)" in text
