@@ -201,8 +201,8 @@ class EnsembleTrainer(Trainer):
             self._pending_optimizer_state = self._optimizer_states.get(plan.parent)
             if self._pending_optimizer_state is None:
                 logger.warning(f"member {plan.index}: parent's optimizer state is not in memory; starting it fresh.")
-        # each member: its own seed for data order, its own length and its own Trainer checkpoint folder
-        self.accelerator.dataloader_config.data_seed = plan.seed
+        # each member: its own data order (epoch e: `plan.data_seed + e`), its own length and Trainer checkpoint folder
+        self.accelerator.dataloader_config.data_seed = plan.data_seed
         saved = {k: getattr(args, k) for k in ("seed", "max_steps", "output_dir")}
         checkpoint_dir = str(Path(self._run_output_dir) / CHECKPOINTS_DIR / f"member-{plan.index}")
         try:
@@ -344,6 +344,7 @@ class EnsembleTrainer(Trainer):
             index=plan.index,
             path=f"{MEMBERS_DIR}/member-{plan.index}",
             seed=plan.seed,
+            data_seed=plan.data_seed,
             parent=plan.parent,
             init_from=plan.init_from,
             learning_rate=plan.peak_learning_rate,

@@ -21,6 +21,7 @@ from .. import __version__
 from ..bn_recalibration import has_batchnorm, recalibrate_batchnorm
 from ..file_utils import atomic_directory, atomic_write_json
 from ..manifest import MANIFEST_NAME, MEMBER_INFO_NAME, MEMBERS_DIR, EnsembleManifest, MemberRecord, member_dir
+from ..seeds import member_data_seed
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +139,9 @@ def load_member0(member0: str | os.PathLike | PreTrainedModel) -> tuple[PreTrain
 def batches(
     dataset, batch_size: int, seed: int, device: torch.device, collate_fn: Callable | None = None
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless shuffled dict batches (seeded order, reshuffled each epoch), moved to `device`."""
-    generator = torch.Generator().manual_seed(seed)
+    """Endless shuffled dict batches, moved to `device`: one generator seeded `member_data_seed(seed, 0)` draws a new
+    order every epoch (the trajectory continues member 0; its data stream stays apart from the run's other streams)."""
+    generator = torch.Generator().manual_seed(member_data_seed(seed, 0))
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -276,6 +278,7 @@ class RunWriter:
             )
         self.source_dir = source_dir
         self.base_model = base_model
+        self.data_seed = member_data_seed(config.seed, 0)  # the order `batches(..., config.seed, ...)` draws
         hyperparameters = {"method": strategy, **config.to_dict(), **(extra_hyperparameters or {})}
         self.manifest = EnsembleManifest(
             strategy=strategy,
@@ -306,6 +309,7 @@ class RunWriter:
             index=index,
             path=f"{MEMBERS_DIR}/member-{index}",
             seed=seed,
+            data_seed=self.data_seed,
             parent=None,
             init_from=self.base_model,
             learning_rate=float(learning_rate),

@@ -197,6 +197,7 @@ def build_laplace(
     model = copy.deepcopy(model)
     check_laplace_supported(model, config)
     writer = RunWriter(output_dir, "laplace", config, name, source)
+    writer.data_seed = None  # no shuffled data: the fit reads the training set in order
     writer.start()
     log_phase(
         "laplace", f"fitting the {config.hessian_structure} Laplace posterior ({config.subset_of_weights} weights)"
