@@ -197,6 +197,11 @@ def docs_hub(tmp_path_factory):
     yield server, work
     patch.undo()
     server.stop()
+    # `datasets` reads the Hub through `HfFileSystem`, whose instance fsspec caches per process with its listings and
+    # resolved revisions: drop it, so no later test meets this server's state under the same repo names.
+    from huggingface_hub import HfFileSystem
+
+    HfFileSystem.clear_instance_cache()
 
 
 def _patch_datasets_offline(patch: pytest.MonkeyPatch) -> None:
