@@ -187,7 +187,7 @@ def docs_hub(tmp_path_factory):
     patch.setattr(constants, "HF_HUB_CACHE", str(cache))
     patch.setattr(constants, "HF_TOKEN_PATH", str(tmp / "hf_home" / "token"))
     patch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp / "hf_home" / "stored_tokens"))
-    _patch_datasets_offline(patch)
+    _patch_datasets_config(patch, server.url, tmp)
     _populate_hub(server, tmp)
     work = tmp / "work"
     work.mkdir()
@@ -204,12 +204,17 @@ def docs_hub(tmp_path_factory):
     HfFileSystem.clear_instance_cache()
 
 
-def _patch_datasets_offline(patch: pytest.MonkeyPatch) -> None:
-    """`datasets` reads HF_HUB_OFFLINE once at import (the suite imports it offline): follow the environment."""
+def _patch_datasets_config(patch: pytest.MonkeyPatch, endpoint: str, tmp: Path) -> None:
+    """`datasets.config` reads the endpoint, the offline switch and its cache paths once, at import (which happens
+    earlier in the suite, offline): point them at this server and this test's folders too."""
     import datasets.config
 
     patch.setattr(datasets.config, "HF_HUB_OFFLINE", False, raising=False)
     patch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False, raising=False)
+    patch.setattr(datasets.config, "HF_ENDPOINT", endpoint, raising=False)
+    patch.setattr(datasets.config, "HUB_DATASETS_URL", endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    patch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp / "datasets_cache")
+    patch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", tmp / "datasets_cache" / "downloads")
 
 
 def _run_blocks(blocks: list[tuple[str, str]], where: str, show=print) -> list[str]:
