@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import get_last_checkpoint, set_seed
 
 from . import __version__
+from .architecture import check_same_architecture
 from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_plan import MemberPlan, SchedulePlan, plan_members, plan_schedule
-from .file_utils import atomic_directory, atomic_write_json, remove_stale_temporaries
+from .file_utils import atomic_directory, atomic_write_json, crash_point, remove_stale_temporaries
 from .manifest import (
     CHECKPOINTS_DIR,
     MANIFEST_NAME,
@@ -98,7 +99,7 @@ class EnsembleTrainer(Trainer):
         if strategy == "global_de":
             if len(inspect.signature(model_init).parameters) < 1:
                 raise ValueError("`model_init` should take the checkpoint to load as its argument for Global DE.")
-            check_same_architecture(args.pretrained_checkpoints)
+            check_same_architecture(args.pretrained_checkpoints, field="pretrained_checkpoints")
         self._member_init = model_init
         if model is None:
             set_seed(args.seeds[0])
@@ -330,6 +331,7 @@ class EnsembleTrainer(Trainer):
                 if self.processing_class is not None:
                     self.processing_class.save_pretrained(tmp)
                 atomic_write_json(tmp / MEMBER_INFO_NAME, record.to_dict())
+            crash_point("member_renamed")  # test hook: the member folder is in place, the manifest not updated yet
             manifest.members = sorted([*manifest.members, record], key=lambda m: m.index)
             manifest.save(run_dir)
             shutil.rmtree(run_dir / CHECKPOINTS_DIR / f"member-{plan.index}", ignore_errors=True)
@@ -394,29 +396,6 @@ class EnsembleTrainer(Trainer):
         if self.args.should_save:
             manifest.save(run_dir)
         return manifest
-
-
-def check_same_architecture(checkpoints: list[str]) -> None:
-    """Raise if the Global DE checkpoints are not all of one architecture (compared through their configs)."""
-    reference = None
-    for checkpoint in checkpoints:
-        try:
-            config = AutoConfig.from_pretrained(checkpoint)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"`pretrained_checkpoints`: cannot load the config of {checkpoint!r}: {err}") from None
-        signature = (config.model_type, getattr(config, "architecture", None), _shape_signature(config))
-        if reference is None:
-            reference = (checkpoint, signature)
-        elif signature != reference[1]:
-            raise ValueError(
-                f"`pretrained_checkpoints` should share one architecture: {checkpoint!r} is {signature[:2]}, "
-                f"{reference[0]!r} is {reference[1][:2]} (or their sizes differ)."
-            )
-
-
-def _shape_signature(config) -> tuple:
-    keys = ("hidden_size", "hidden_sizes", "depths", "num_hidden_layers", "embedding_size", "image_size", "patch_size")
-    return tuple(str(getattr(config, k, None)) for k in keys)
 
 
 def _model_name(model: torch.nn.Module) -> str:

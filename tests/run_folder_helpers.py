@@ -9,11 +9,9 @@ their own seed (StarSSE-like). The real `EnsembleTrainer` can replace `_train` /
 from __future__ import annotations
 
 import hf_starsse  # noqa: F401, I001  (first: torchvision compatibility)
-from hf_starsse.file_utils import atomic_write_json
 from hf_starsse.manifest import EnsembleManifest, MemberRecord, member_dir
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -174,49 +172,3 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def make_tiny_run(
-    run_dir: str | os.PathLike, num_members: int = 3, strategy: str = "star_sse", with_eval: bool = True
-) -> Path:
-    """[`make_run_folder`] (a tiny ViT, a few steps per member) with the results `hf-starsse evaluate` leaves:
-    members' metrics in the manifest, `eval.json` with fixed numbers and one plot. For the Hub and model-card tests."""
-    run_dir = make_run_folder(run_dir, num_members, arch="vit", first_steps=3, cycle_steps=3, with_eval_data=False)
-    manifest = EnsembleManifest.load(run_dir)
-    manifest.strategy = strategy
-    manifest.base_models = ["tiny-random-vit"]
-    manifest.hyperparameters.update(
-        {"num_train_epochs": 1, "cycle_epoch_ratio": 1.0, "per_device_train_batch_size": 32, "seed": 0}
-    )
-    manifest.hyperparameters["dataset_name"] = "tiny-random"
-    for i, record in enumerate(manifest.members):
-        record.init_from = "tiny-random-vit" if i == 0 else "member-0"
-        record.metrics = {"eval_accuracy": 0.25 + 0.05 * i, "eval_loss": 1.3 - 0.01 * i}
-    manifest.save(run_dir)
-    shutil.rmtree(run_dir / "pretrained")  # the stand-in "pre-trained" model is not part of a run
-    if with_eval:
-        atomic_write_json(
-            run_dir / "eval.json",
-            {
-                "dataset": "tiny-random",
-                "split": "test",
-                "ensemble": {"accuracy": 0.4, "nll": 1.2, "ece": 0.05},
-                "soup": {"accuracy": 0.375, "nll": 1.25},
-                "members": [{"accuracy": 0.25 + 0.05 * i, "nll": 1.3} for i in range(num_members)],
-                "by_size": [
-                    {"k": k, "ensemble": {"accuracy": 0.25 + 0.05 * k}, "soup": {"accuracy": 0.25 + 0.04 * k}}
-                    for k in range(1, num_members + 1)
-                ],
-            },
-        )
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        (run_dir / "plots").mkdir(exist_ok=True)
-        fig, ax = plt.subplots(figsize=(2, 2))
-        ax.plot([1, 2, 3], [0.3, 0.35, 0.4])
-        fig.savefig(run_dir / "plots" / "accuracy_vs_size.png")
-        plt.close(fig)
-    return run_dir

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.argv in (["--help"], ["-h"]):
         print(help_text(), end="")
-        return 0
+        raise SystemExit(0)  # like argparse's --help
     from ..train_entry import cli_main
 
     return cli_main(args.argv, prog=PROG)
