@@ -34,8 +34,10 @@ from .methods import (
     build_laplace,
     build_spro,
     build_swag,
+    laplace_predictive_metrics,
 )
 from .methods._common import _recalibrate_bn
+from .run_folder import LAPLACE_PREDICTIVE_NAME
 from .soups import load_soup_into, uniform_soup
 
 TRAINER_METHODS = ("local_de", "sse", "star_sse")
@@ -102,7 +104,7 @@ def _trainer_run(
     return run_dir
 
 
-def _posthoc_run(config: CompareConfig, method: str, member0: Path, train) -> Path:
+def _posthoc_run(config: CompareConfig, method: str, member0: Path, train, test=None) -> Path:
     k, lr, seed, bs = config.num_members, config.learning_rate, config.seed, config.batch_size
     steps_per_epoch = max(1, len(train) // bs)  # full batches only, as the trainer runs (dataloader_drop_last)
     budget = max(2, round((k - 1) * config.epochs * steps_per_epoch))  # optimizer steps after member 0
@@ -141,7 +143,10 @@ def _posthoc_run(config: CompareConfig, method: str, member0: Path, train) -> Pa
         )
         build_csgld(member0, train, run_dir, cfg)
     elif method == "laplace":
-        build_laplace(member0, train, run_dir, LaplaceConfig(num_members=k, **common))
+        output = build_laplace(member0, train, run_dir, LaplaceConfig(num_members=k, **common))
+        if test is not None:  # laplace-torch's predictive (probit GLM) over the posterior, next to the sampled members
+            predictive = laplace_predictive_metrics(output.details["laplace"], test, batch_size=256)
+            atomic_write_json(run_dir / LAPLACE_PREDICTIVE_NAME, predictive)
     elif method == "spro":
         cfg = SPROConfig(
             num_members=k, num_vertices=3, vertex_steps=max(1, budget // 2), learning_rate=lr / 2, **common
@@ -246,7 +251,7 @@ def run_compare(config: CompareConfig) -> list[dict]:
         member0_steps = EnsembleManifest.load(member0.parent.parent).members[0].num_steps
         for method in posthoc:
             t = time.time()
-            run_dirs[method] = _posthoc_run(config, method, member0, data["train"])
+            run_dirs[method] = _posthoc_run(config, method, member0, data["train"], data["test"])
             times[method] = time.time() - t + member0_time
             print(f"[compare] {method}: built in {time.time() - t:.0f}s (+ member 0)", flush=True)
     rows = []
@@ -262,6 +267,22 @@ def run_compare(config: CompareConfig) -> list[dict]:
                 **evaluate_method(run_dirs[method], data, config.batch_size),
             }
         )
+        predictive_file = run_dirs[method] / LAPLACE_PREDICTIVE_NAME
+        if method == "laplace" and predictive_file.is_file():
+            predictive = json.loads(predictive_file.read_text())
+            nan = float("nan")
+            rows.append(
+                {
+                    **rows[-1],
+                    "method": "laplace (predictive)",
+                    "accuracy": predictive["accuracy"],
+                    "nll": predictive["nll"],
+                    "ece": predictive["ece"],
+                    "diversity": nan,
+                    "soup_accuracy": nan,
+                    "mean_member_accuracy": nan,
+                }
+            )
     table = format_compare_table(rows)
     atomic_write_json(out / RESULTS_NAME, {"config": asdict(config), "rows": rows})
     atomic_write_text(out / TABLE_NAME, table + "\n")

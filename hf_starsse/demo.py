@@ -176,7 +176,7 @@ def format_table(results: list[dict]) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for res in results:
-        rows = [(f"member {r['member']}", r, "") for r in res["members"]]
+        rows = [(f"member-{r['member']}", r, "") for r in res["members"]]
         rows.append(("**mean member**", res["mean_member"], ""))
         rows.append(("**ensemble**", res["ensemble"], f"{res['diversity']:.1f}"))
         for name, r, div in rows:

@@ -44,6 +44,7 @@ from .manifest import (
     member_dir,
 )
 from .member_overhead import without_full_gc_on_cpu
+from .quiet_loading import expected_new_head
 from .training_checks import (
     check_output_dir_writable,
     check_train_dataset,
@@ -189,7 +190,7 @@ class EnsembleTrainer(Trainer):
         parallel = args.member_parallel and args.world_size > 1
         for plan in plans:
             if plan.index in finished:
-                logger.info(f"member {plan.index}/{args.num_members - 1}: finished on disk, kept as is.")
+                logger.info(f"member-{plan.index} of {args.num_members}: finished on disk, kept as is.")
                 output.skipped.append(plan.index)
                 continue
             if plan.index == 0 and args.first_member is not None:  # member 0 is given: copied, not trained
@@ -360,7 +361,8 @@ class EnsembleTrainer(Trainer):
 
     def _init_model(self, checkpoint: str | None) -> PreTrainedModel:
         init = self._member_init
-        model = init(checkpoint) if checkpoint is not None else init()
+        with expected_new_head():  # the fresh head's size-mismatch report is expected: not printed per member
+            model = init(checkpoint) if checkpoint is not None else init()
         if model is None:
             raise ValueError("`model_init` returned None.")
         return model
@@ -535,7 +537,7 @@ def _jsonable(data: dict) -> dict:
 def _log_member_done(args: EnsembleTrainingArguments, record: MemberRecord, force: bool = False) -> None:
     shown = {k: v for k, v in record.metrics.items() if k in ("train_loss", "train_runtime") or k.startswith("eval_")}
     shown = {k: v for k, v in shown.items() if "per_second" not in k}
-    message = f"[hf_starsse] member {record.index + 1}/{args.num_members} saved: " + ", ".join(
+    message = f"[hf_starsse] member-{record.index} of {args.num_members} saved: " + ", ".join(
         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()
     )
     logger.info(message)
@@ -547,7 +549,7 @@ def _log_resume(args: EnsembleTrainingArguments, plan: MemberPlan, checkpoint: s
     state = Path(checkpoint) / "trainer_state.json"
     step = json.loads(state.read_text()).get("global_step", "?") if state.is_file() else "?"
     message = (
-        f"[hf_starsse] member {plan.index}: resuming from {Path(checkpoint).name} (step {step} of {plan.num_steps})"
+        f"[hf_starsse] member-{plan.index}: resuming from {Path(checkpoint).name} (step {step} of {plan.num_steps})"
     )
     logger.info(message)
     if args.should_log:
@@ -556,7 +558,7 @@ def _log_resume(args: EnsembleTrainingArguments, plan: MemberPlan, checkpoint: s
 
 def _log_progress(args: EnsembleTrainingArguments, plan: MemberPlan, force: bool = False) -> None:
     message = (
-        f"[hf_starsse] {args.ensemble_strategy} member {plan.index + 1}/{args.num_members}: from {plan.init_from}, "
+        f"[hf_starsse] {args.ensemble_strategy} member-{plan.index} of {args.num_members}: from {plan.init_from}, "
         f"seed {plan.seed}, {plan.num_steps} steps ({plan.num_epochs:.2g} epochs), "
         f"peak LR {plan.peak_learning_rate:.3g}"
     )

@@ -244,18 +244,37 @@ def plot_interpolation(points: Sequence[dict[str, float]], path: str | os.PathLi
 
 
 def plot_plane(plane: dict[str, Any], path: str | os.PathLike, metric: str = "accuracy") -> Path:
-    """Contour map of `metric` on the plane through three models, with the three models marked."""
+    """Contour map of `metric` on the plane through three models, with the three models marked and named.
+
+    Axes are weight-space distances: x along the line from the first model to the second, y orthogonal to it, towards
+    the third. Each name is placed on the side of its marker that faces the middle of the plot, so it stays inside.
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = plt.subplots(figsize=(6, 4.8))
     grid = np.asarray(plane["metrics"][metric]) * (100.0 if metric == "accuracy" else 1.0)
     contour = ax.contourf(plane["x"], plane["y"], grid, levels=12, cmap="viridis")
-    fig.colorbar(contour, ax=ax, label=metric)
+    fig.colorbar(contour, ax=ax, label=f"{metric} (%)" if metric == "accuracy" else metric)
+    names = plane.get("names", ["0", "1", "2"])
+    x_mid = (min(plane["x"]) + max(plane["x"])) / 2
+    y_mid = (min(plane["y"]) + max(plane["y"])) / 2
     for i, (x, y) in enumerate(plane["points"]):
-        ax.plot(x, y, "w*", markersize=12)
+        ax.plot(x, y, "w*", markersize=12, markeredgecolor="k")
+        right, up = x <= x_mid, y <= y_mid  # the label goes towards the centre
         ax.annotate(
-            plane.get("names", ["0", "1", "2"])[i], (x, y), color="w", xytext=(4, 4), textcoords="offset points"
+            names[i],
+            (x, y),
+            xytext=(6 if right else -6, 6 if up else -6),
+            textcoords="offset points",
+            ha="left" if right else "right",
+            va="bottom" if up else "top",
+            color="w",
+            fontweight="bold",
+            bbox={"boxstyle": "round,pad=0.2", "fc": "black", "alpha": 0.45, "lw": 0},
         )
+    ax.set_xlabel(f"weight-space distance along {names[0]} \u2192 {names[1]}")
+    ax.set_ylabel(f"orthogonal distance towards {names[2]}")
     ax.set_title(f"{metric} on the plane through three models")
+    fig.tight_layout()
     return _save_figure(fig, Path(path))
 
 

@@ -72,6 +72,8 @@ class PushResult:
     commit_url: str
     files: list[str] = field(default_factory=list)
     member_repos: list[str] = field(default_factory=list)
+    repo_url: str = ""
+    num_bytes: int = 0
 
 
 def push_to_hub(
@@ -184,6 +186,7 @@ def push_to_hub(
             f"Upload {manifest.strategy} ensemble ({len(manifest.members)} members, {plan.root} soup, card) "
             "with hf_starsse"
         )
+        num_bytes = announce_upload(uploads, repo_id, branch)
         commit = retry(
             lambda: api.create_commit(
                 repo_id,
@@ -201,7 +204,38 @@ def push_to_hub(
         commit_url=commit.commit_url,
         files=sorted(p for p, _ in uploads),
         member_repos=member_repos,
+        repo_url=f"{api.endpoint.rstrip('/')}/{repo_id}" + (f"/tree/{branch}" if branch != "main" else ""),
+        num_bytes=num_bytes,
     )
+
+
+def _format_bytes(num: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if num < 1024 or unit == "GB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1024
+    return f"{num:.1f} GB"
+
+
+def announce_upload(uploads: list[tuple[str, Path]], repo_id: str, branch: str) -> int:
+    """Print what one commit uploads: totals, then one line per top-level entry (a member folder counts as one).
+
+    Returns:
+        `int`: the bytes uploaded.
+    """
+    groups: dict[str, list[int]] = {}
+    for path_in_repo, local in uploads:
+        parts = path_in_repo.split("/")
+        depth = 2 if parts[0] == "members" else 1
+        key = "/".join(parts[:depth]) + "/" if len(parts) > depth else path_in_repo
+        groups.setdefault(key, []).append(local.stat().st_size)
+    total = sum(sum(sizes) for sizes in groups.values())
+    print(f"[hf_starsse] uploading {len(uploads)} files ({_format_bytes(total)}) to {repo_id}@{branch}:", flush=True)
+    for key in sorted(groups):
+        sizes = groups[key]
+        files = f"{len(sizes)} files, " if len(sizes) > 1 else ""
+        print(f"    {key:<40} {files}{_format_bytes(sum(sizes))}", flush=True)
+    return total
 
 
 def push_run_if_requested(args: Any, run_dir: str | os.PathLike | None = None) -> PushResult | None:
@@ -230,7 +264,7 @@ def push_run_if_requested(args: Any, run_dir: str | os.PathLike | None = None) -
             "The run is pushed at the end of training, before any `hf-starsse evaluate`: the repository root gets the "
             "plain average of the members. Evaluate and push again to publish the BatchNorm-recalibrated soup."
         )
-    return push_to_hub(
+    result = push_to_hub(
         run_dir,
         repo_id,
         average_members=not evaluated,
@@ -238,6 +272,8 @@ def push_run_if_requested(args: Any, run_dir: str | os.PathLike | None = None) -
         revision=getattr(args, "hub_revision", None),
         token=getattr(args, "hub_token", None),
     )
+    print(f"[hf_starsse] pushed the run ({len(result.files)} files) to {result.repo_url}", flush=True)
+    return result
 
 
 # ---- staging ------------------------------------------------------------------------------------------------------

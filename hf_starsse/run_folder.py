@@ -53,6 +53,8 @@ def prediction_file_name(weights_key: str, data_key: str) -> str:
     return f"{weights_key[:PREDICTION_KEY_CHARS]}-{data_key[:PREDICTION_KEY_CHARS]}.safetensors"
 
 
+LAPLACE_PREDICTIVE_NAME = "laplace_predictive.json"  # a Laplace run: metrics of laplace-torch's predictive (compare)
+
 OLD_SUFFIX = ".old"
 TMP_SUFFIX = ".tmp"
 

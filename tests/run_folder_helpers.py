@@ -1,4 +1,4 @@
-"""Build small run folders of tiny random-config models for the evaluation tests.
+"""The one builder of tiny run folders for tests (evaluation, soups, Hub, model card, docs).
 
 `make_run_folder` writes the layout of `hf_starsse.manifest` (members as `save_pretrained` folders + `ensemble.json`)
 and `eval_data/` (a DatasetDict with `pixel_values` + `labels`), training tiny models a few steps on a synthetic

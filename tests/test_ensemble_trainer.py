@@ -1,4 +1,4 @@
-"""EnsembleTrainer semantics (DESIGN.md): who starts from what, seeds, the LR schedule, optimizer resets, saving."""
+"""EnsembleTrainer semantics (arXiv 2303.03374): who starts from what, seeds, the LR schedule, optimizer resets."""
 
 from hf_starsse import EnsembleManifest, EnsembleTrainer, EnsembleTrainingArguments, member_dir
 from hf_starsse.cyclic_schedule import _get_cyclic_cosine_lr_lambda

@@ -88,7 +88,9 @@ def test_two_process_launch_writes_each_member_once(runs):
         files = sorted(p.name for p in (run_dir / m.path).iterdir())
         assert {"config.json", "model.safetensors", "preprocessor_config.json", MEMBER_INFO_NAME} <= set(files)
     stdout = runs["two"].stdout
-    assert stdout.count("[hf_starsse] member 1/2 saved") == 1 and stdout.count("[hf_starsse] member 2/2 saved") == 1
+    assert (
+        stdout.count("[hf_starsse] member-0 of 2 saved") == 1 and stdout.count("[hf_starsse] member-1 of 2 saved") == 1
+    )
 
 
 def _test_accuracy(member_path, data):

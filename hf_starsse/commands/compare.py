@@ -5,11 +5,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+# `CompareConfig`'s defaults, spelled here so that `--help` does not import torch (tests/test_cli.py checks them).
+COMPARE_METHODS = ("local_de", "sse", "star_sse", "fge", "swa", "swag", "csgld", "laplace", "spro")
+DEFAULTS = {
+    "output_dir": "hf_starsse_compare",
+    "num_members": 3,
+    "train_per_class": 10,
+    "image_size": 64,
+    "epochs": 5,
+    "learning_rate": 0.01,
+    "batch_size": 16,
+    "seed": 42,
+    "csgld_temperature": 1e-3,
+}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..compare import COMPARE_METHODS, CompareConfig
-
-    defaults = {f.name: f.default for f in dataclasses.fields(CompareConfig)}
+    defaults = DEFAULTS
     parser = subparsers.add_parser(
         "compare",
         help="Compare Local DE, SSE, StarSSE, FGE, SWA, SWAG, cSGLD, Laplace and SPRO on the offline demo setup.",

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from types import SimpleNamespace
+
+# `DemoConfig`'s defaults, spelled here so that `--help` does not import torch (tests/test_cli.py checks they match).
+DEFAULTS = {
+    "output_dir": "hf_starsse_demo",
+    "strategies": ("local_de", "star_sse"),
+    "num_members": 5,
+    "train_per_class": 10,
+    "image_size": 64,
+    "epochs": 10,
+    "learning_rate": 0.01,
+    "batch_size": 16,
+    "seed": 42,
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..demo import DemoConfig
-
-    defaults = DemoConfig()
+    defaults = SimpleNamespace(**DEFAULTS)
     parser = subparsers.add_parser(
         "demo",
         help="Offline demo: ImageNet EfficientNet-Lite0 fine-tuned on sklearn digits, Local DE vs StarSSE.",

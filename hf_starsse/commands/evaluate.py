@@ -18,7 +18,7 @@ plan (forward passes still to do, what is cached) and an estimate from the first
 Examples:
   hf-starsse evaluate runs/star_sse
   hf-starsse evaluate runs/star_sse --soup greedy --ood --corruptions gaussian_noise fog --severities 1 3 5
-  hf-starsse evaluate runs/star_sse --dataset data/cifar10_saved --split test --max-samples 2000
+  hf-starsse evaluate runs/star_sse --dataset data/cifar10_saved --split test --max_samples 2000
 """
 
 

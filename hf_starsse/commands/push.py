@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     except HubPushError as err:
         print(f"hf-starsse push: error: {err}", file=sys.stderr)
         return 1
-    print(f"Pushed {len(result.files)} files to {result.repo_id}@{result.revision}: {result.commit_url}")
     for repo in result.member_repos:
         print(f"Member repository: {repo}")
+    print(f"Pushed {len(result.files)} files to {result.repo_id}@{result.revision} (commit {result.commit_oid[:8]}).")
+    print(f"Repository: {result.repo_url}")
     return 0

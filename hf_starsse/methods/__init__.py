@@ -13,7 +13,7 @@ and `push_to_hub` treat them like any other ensemble:
 
 from .csgld import CSGLDConfig, build_csgld
 from .fge import FGEConfig, build_fge
-from .laplace import LaplaceConfig, build_laplace
+from .laplace import LaplaceConfig, build_laplace, laplace_predictive_metrics
 from .spro import SPROConfig, build_spro
 from .swag import SWAGConfig, SWAGMoments, build_swag
 
@@ -29,4 +29,5 @@ __all__ = [
     "build_laplace",
     "build_spro",
     "build_swag",
+    "laplace_predictive_metrics",
 ]

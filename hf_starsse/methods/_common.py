@@ -3,6 +3,7 @@ run writer (the `hf_starsse.manifest` layout, atomic member folders)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -21,6 +22,8 @@ from ..bn_recalibration import has_batchnorm, recalibrate_batchnorm
 from ..file_utils import atomic_directory, atomic_write_json
 from ..manifest import MANIFEST_NAME, MEMBER_INFO_NAME, MEMBERS_DIR, EnsembleManifest, MemberRecord, member_dir
 from ..seeds import member_data_seed
+
+logger = logging.getLogger(__name__)
 
 # files of a member folder that `save_pretrained` writes itself (or that are ours): never copied from member 0
 _MODEL_FILES = ("config.json", "generation_config.json", MEMBER_INFO_NAME)
@@ -172,14 +175,21 @@ def train_steps(
     max_grad_norm: float | None = None,
     loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None,
     after_step: Callable[[int, float, float], None] | None = None,
+    desc: str | None = None,
 ) -> list[float]:
     """A plain training loop: at step `t` the LR is `lr_at(t)`, the loss `model(**batch).loss` (or `loss_fn`).
 
     `after_step(t, lr, loss)` runs after each optimizer step (snapshots, noise, moment collection). Returns the losses.
+    `desc` names the phase on a tqdm progress bar (no bar when `None`).
     """
     losses = []
     model.train()
-    for step in range(num_steps):
+    steps = range(num_steps)
+    if desc is not None:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=desc, unit="step", dynamic_ncols=True)
+    for step in steps:
         lr = float(lr_at(step))
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -233,6 +243,21 @@ def load_flat_params(model: torch.nn.Module, names: list[str], vector: torch.Ten
 
 
 # ----- the run folder ------------------------------------------------------------------------------------------------
+def log_member_saved(method: str, index: int, num_members: int, metrics: dict[str, Any]) -> None:
+    """`[hf_starsse] fge member-2 of 5 saved: ...`, the trainer's member line (numbered like the folders)."""
+    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and k != "process_index"}
+    details = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+    message = f"[hf_starsse] {method} member-{index} of {num_members} saved" + (f": {details}" if details else "")
+    logger.info(message)
+    print(message, flush=True)
+
+
+def log_phase(method: str, message: str) -> None:
+    """`[hf_starsse] laplace: fitting ...`: one line per phase without a progress bar of its own."""
+    logger.info(f"{method}: {message}")
+    print(f"[hf_starsse] {method}: {message}", flush=True)
+
+
 class RunWriter:
     """Writes a run folder member by member, in the layout of `hf_starsse.manifest`.
 
@@ -303,6 +328,7 @@ class RunWriter:
             atomic_write_json(tmp / MEMBER_INFO_NAME, record.to_dict())
         self.manifest.members.append(record)
         self.manifest.save(self.run_dir)
+        log_member_saved(self.manifest.strategy, index, self.manifest.num_members, record.metrics)
         return record
 
     def _copy_processor_files(self, folder: Path) -> None:

@@ -182,5 +182,6 @@ def build_csgld(
         config.num_members * cycle_steps,
         max_grad_norm=config.max_grad_norm,
         after_step=after_step,
+        desc=f"csgld: {config.num_members} cycles",
     )
     return BuildOutput(writer.run_dir, writer.manifest, {"trace": trace, "cycle_steps": cycle_steps})

@@ -170,5 +170,6 @@ def build_fge(
         num_steps,
         max_grad_norm=config.max_grad_norm,
         after_step=after_step,
+        desc=f"fge: {num_cycles} cycles",
     )
     return output

@@ -20,7 +20,16 @@ from torch.nn.utils import vector_to_parameters
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, default_data_collator
 
-from ._common import BuildOutput, PosthocConfig, RunWriter, _check, _recalibrate_bn, has_batchnorm, load_member0
+from ._common import (
+    BuildOutput,
+    PosthocConfig,
+    RunWriter,
+    _check,
+    _recalibrate_bn,
+    has_batchnorm,
+    load_member0,
+    log_phase,
+)
 
 LAPLACE_SUBSETS = ("last_layer", "all")
 LAPLACE_HESSIANS = ("kron", "diag", "full")
@@ -190,7 +199,11 @@ def build_laplace(
     writer = RunWriter(output_dir, "laplace", config, name, source)
     writer.data_seed = None  # no shuffled data: the fit reads the training set in order
     writer.start()
+    log_phase(
+        "laplace", f"fitting the {config.hessian_structure} Laplace posterior ({config.subset_of_weights} weights)"
+    )
     la, wrapped = fit_laplace(model, train_dataset, config, data_collator)
+    log_phase("laplace", f"posterior fitted; sampling {config.num_members} members")
     params = posterior_parameters(la, wrapped)
     num_params = sum(p.numel() for p in params)
     if num_params != la.mean.numel():
@@ -221,3 +234,30 @@ def build_laplace(
     with torch.no_grad():
         vector_to_parameters(map_vector, params)
     return BuildOutput(writer.run_dir, writer.manifest, {"laplace": la, "map": map_vector})
+
+
+@torch.no_grad()
+def laplace_predictive_metrics(
+    la,
+    dataset,
+    batch_size: int = 64,
+    pred_type: str = "glm",
+    link_approx: str = "probit",
+    data_collator=None,
+) -> dict[str, float]:
+    """Accuracy / NLL / ECE of laplace-torch's own predictive (`la(x, pred_type, link_approx)`) on `dataset`.
+
+    The sampled members of [`build_laplace`] are single posterior draws; the predictive integrates over the
+    posterior (probit approximation of the GLM predictive by default, or `link_approx="mc"`), which is how the
+    Laplace approximation is usually evaluated.
+    """
+    from ..metrics import classification_metrics
+
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=data_collator or default_data_collator
+    )
+    probs, labels = [], []
+    for batch in loader:
+        probs.append(la(batch, pred_type=pred_type, link_approx=link_approx).float().cpu())
+        labels.append(batch["labels"].cpu())
+    return classification_metrics(torch.cat(probs).numpy(), torch.cat(labels).numpy())

@@ -164,6 +164,7 @@ def build_spro(
             vertex_steps,
             max_grad_norm=config.max_grad_norm,
             loss_fn=loss_fn,
+            desc=f"spro: vertex {len(vertices)} of {config.num_vertices}",
         )
         vertices.append(vertex.detach().clone())
     stacked = torch.stack(vertices).cpu()

@@ -295,6 +295,7 @@ def build_swag(
         num_steps,
         max_grad_norm=config.max_grad_norm,
         after_step=after_step,
+        desc=f"{config.method}: collecting moments",
     )
     del optimizer
     moments.save(writer.run_dir / MOMENTS_NAME)
