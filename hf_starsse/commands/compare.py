@@ -11,7 +11,7 @@ DEFAULTS = {
     "output_dir": "hf_starsse_compare",
     "num_members": 3,
     "train_per_class": 10,
-    "image_size": 64,
+    "image_size": 32,
     "epochs": 5,
     "learning_rate": 0.01,
     "batch_size": 16,

@@ -12,7 +12,7 @@ DEFAULTS = {
     "strategies": ("local_de", "star_sse"),
     "num_members": 5,
     "train_per_class": 10,
-    "image_size": 64,
+    "image_size": 32,
     "epochs": 10,
     "learning_rate": 0.01,
     "batch_size": 16,
