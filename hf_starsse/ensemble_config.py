@@ -53,6 +53,11 @@ class EnsembleTrainingArguments(TrainingArguments):
         evaluate_members (`bool`, *optional*, defaults to `True`):
             Evaluate each member on `eval_dataset` (when given) before it is saved; the metrics go into its
             `member.json`.
+        member_indices (`list[int]` or `str`, *optional*):
+            Train only these members (`[3, 4]`, or `"3,4"` on the command line), e.g. one per job of a cluster job
+            array sharing the run folder. Each must depend on no member still untrained: any Local / Global DE member,
+            StarSSE members >= 1 once member 0 is finished (or listed too), SSE member i once member i-1 is.
+            Several processes or machines may train different members into one run folder at the same time.
     """
 
     ensemble_strategy: str = field(
@@ -108,7 +113,16 @@ class EnsembleTrainingArguments(TrainingArguments):
         metadata={"help": "Evaluate each member on `eval_dataset` before saving it (metrics go to member.json)."},
     )
 
+    member_indices: list[int] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Train only these members, e.g. `3,4` (one job per member of a cluster job array sharing the "
+            "run folder); each must depend on no untrained member (StarSSE members >= 1 once member 0 exists)."
+        },
+    )
+
     def __post_init__(self):
+        self.member_indices = _parse_member_indices(self.member_indices, self.num_members)
         self._validate_ensemble_fields()
         super().__post_init__()
 
@@ -221,6 +235,25 @@ class EnsembleTrainingArguments(TrainingArguments):
             "per_device_train_batch_size": self.per_device_train_batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
         }
+
+
+def _parse_member_indices(value: list[int] | str | None, num_members: int) -> list[int] | None:
+    """`"3,4"` / `[3, 4]` -> `[3, 4]`, checked: distinct integers in `[0, num_members)`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+    try:
+        indices = [int(item) for item in items if not isinstance(item, bool) and int(item) == float(item)]
+    except (TypeError, ValueError):
+        indices = []
+    if len(indices) != len(items) or not indices:
+        raise ValueError(f"`member_indices` should be member indices like `3,4`, got {value!r}.")
+    bad = [i for i in indices if not 0 <= i < (num_members if isinstance(num_members, int) else 0)]
+    if bad:
+        raise ValueError(f"`member_indices` should be in [0, {num_members}) (`num_members`), got {bad[0]}.")
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"`member_indices` should be distinct, got {value!r}.")
+    return sorted(indices)
 
 
 def _exclusive(args: EnsembleTrainingArguments, *names: str) -> None:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .file_utils import atomic_write_json
 from .run_folder import CHECKPOINTS_DIR, MANIFEST_NAME, MEMBER_INFO_NAME, MEMBERS_DIR, RunFolder  # noqa: F401
 
 FORMAT_VERSION = 1
@@ -47,6 +46,10 @@ class MemberRecord:
         data_seed (`int`, *optional*): Seed of its data order (derived from the run seed and the index).
         diverged (`dict`, *optional*): Set (step, learning rate, reason) when training diverged and the member was
             skipped (`on_divergence="skip"`); such a member has no weights and is left out of ensembles and soups.
+        hyperparameters (`dict`): The run-defining settings it was trained under (checked when a member folder the
+            manifest does not list is adopted on resume).
+        fingerprints (`dict`): Base model, training data and labels it was trained from (see
+            `hf_starsse.fingerprints`).
     """
 
     index: int
@@ -61,6 +64,8 @@ class MemberRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     data_seed: int | None = None
     diverged: dict[str, Any] | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    fingerprints: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -80,7 +85,9 @@ class EnsembleManifest:
         num_members (`int`): Planned ensemble size K.
         hyperparameters (`dict`): The run-defining settings (learning rates, lengths, seeds, ...).
         base_models (`list[str]`): Pre-trained checkpoint(s) the run started from.
-        members (`list[MemberRecord]`): Finished members, in index order.
+        members (`list[MemberRecord]`): Finished members, in index order (an index rebuilt from the member folders).
+        fingerprints (`dict`): Base model (name + revision or weights hash), training data (source, split, rows,
+            features) and labels (`id2label`); resuming with others is refused (see `hf_starsse.fingerprints`).
     """
 
     strategy: str
@@ -90,6 +97,7 @@ class EnsembleManifest:
     members: list[MemberRecord] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
     library_version: str = ""
+    fingerprints: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -104,10 +112,8 @@ class EnsembleManifest:
         return cls(**kwargs)
 
     def save(self, run_dir: str | os.PathLike) -> Path:
-        """Write `ensemble.json` into `run_dir` atomically."""
-        path = Path(run_dir) / MANIFEST_NAME
-        atomic_write_json(path, self.to_dict())
-        return path
+        """Write `ensemble.json` into `run_dir` atomically ([`RunFolder.write_manifest`])."""
+        return RunFolder(run_dir).write_manifest(self)
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> EnsembleManifest:
