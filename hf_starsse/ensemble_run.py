@@ -8,14 +8,19 @@ between the rename and the index update, or another job's member) is adopted whe
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from typing import Any
+
+from transformers.trainer_utils import rotate_checkpoints
 
 from . import __version__
 from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_plan import MemberPlan
+from .file_utils import crash_point
 from .fingerprints import FIELD_HINTS, fingerprint_differences
 from .manifest import EnsembleManifest
-from .run_folder import MANIFEST_NAME, RunFolder
+from .run_folder import MANIFEST_NAME, RunFolder, replace_directory
 
 
 def run_header(
@@ -139,3 +144,34 @@ def select_members(
                 f"in {run.root} nor in `member_indices`; train member {plan.parent} first."
             )
     return chosen
+
+
+def save_checkpoint_atomically(trainer: Any, run: RunFolder, index: int, save: Callable[[], None]) -> None:
+    """Run the Trainer's `_save_checkpoint` (`save`) into `.checkpoint-<step>.tmp/` and rename the checkpoint into
+    `checkpoints/member-<index>/checkpoint-<step>` (crash point `checkpoint_save` in between), then rotate."""
+    args, step = trainer.args, trainer.state.global_step
+    staging, final, member_checkpoints = (
+        run.checkpoint_staging_dir(index, step),
+        run.checkpoint_dir(index, step),
+        args.output_dir,
+    )
+    if args.should_save:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    args.output_dir = str(staging)  # the Trainer writes `staging/checkpoint-<step>` (every process: its RNG state)
+    try:
+        save()
+    finally:
+        args.output_dir = member_checkpoints
+    trainer.accelerator.wait_for_everyone()
+    if args.should_save:
+        crash_point("checkpoint_save")
+        replace_directory(staging / final.name, final)
+        shutil.rmtree(staging, ignore_errors=True)
+        rotate_checkpoints(
+            output_dir=member_checkpoints,
+            save_total_limit=args.save_total_limit,
+            best_model_checkpoint=trainer.state.best_model_checkpoint,
+            use_mtime=False,
+        )
+    trainer.accelerator.wait_for_everyone()

@@ -20,15 +20,15 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, PreTrainedModel, Trainer
-from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints, set_seed
+from transformers.trainer_utils import get_last_checkpoint, set_seed
 
 from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_plan import MemberPlan, SchedulePlan, plan_members, plan_schedule
-from .ensemble_run import open_run, run_header, select_members
+from .ensemble_run import open_run, run_header, save_checkpoint_atomically, select_members
 from .file_utils import atomic_directory, atomic_write_json, crash_point
 from .fingerprints import checkpoint_fingerprint, data_fingerprint, labels_fingerprint, model_fingerprint
 from .manifest import EnsembleManifest, MemberRecord
-from .run_folder import RunFolder, replace_directory
+from .run_folder import RunFolder, member_name
 
 logger = logging.getLogger(__name__)
 
@@ -172,11 +172,14 @@ class EnsembleTrainer(Trainer):
                     continue  # trained below, by the process it is assigned to
                 _log_progress(args, plan)
                 with self._member_lock(run, plan.index):
+                    if args.world_size == 1 and run.member_info_path(plan.index).is_file():
+                        output.skipped.append(plan.index)  # finished by another job since this one started
+                        continue
                     metrics = self._train_member(plan, resume_from_checkpoint, trial, ignore_keys_for_eval)
                     record = self._save_member(plan, metrics, output)
                 output.trained.append(plan.index)
                 _log_member_done(args, record)
-                output.metrics[f"member-{plan.index}"] = record.metrics
+                output.metrics[member_name(plan.index)] = record.metrics
             if parallel:
                 self._train_members_in_parallel([p for p in todo if self._is_independent(p)], output)
         self._phase = None
@@ -276,7 +279,7 @@ class EnsembleTrainer(Trainer):
                 crash_point("member_renamed")
                 run.rebuild_index(self._header)
             output.trained.append(plan.index)
-            output.metrics[f"member-{plan.index}"] = record.metrics
+            output.metrics[member_name(plan.index)] = record.metrics
             _log_member_done(args, record, force=True)
         self.accelerator.wait_for_everyone()
         output.manifest = run.read_manifest()
@@ -379,32 +382,10 @@ class EnsembleTrainer(Trainer):
         exists complete or not at all, so `resume_from_checkpoint=True` never picks a half-written one."""
         if self._phase is None:
             return super()._save_checkpoint(model, trial)
-        run, step, index = RunFolder(self._run_output_dir), self.state.global_step, self._phase.index
-        staging, final, member_dir = (
-            run.checkpoint_staging_dir(index, step),
-            run.checkpoint_dir(index, step),
-            self.args.output_dir,
+        run = RunFolder(self._run_output_dir)
+        save_checkpoint_atomically(
+            self, run, self._phase.index, lambda: super(EnsembleTrainer, self)._save_checkpoint(model, trial)
         )
-        if self.args.should_save:
-            shutil.rmtree(staging, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        self.args.output_dir = str(staging)  # the Trainer writes `staging/checkpoint-<step>`
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.output_dir = member_dir
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            crash_point("checkpoint_save")
-            replace_directory(staging / final.name, final)
-            shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(
-                output_dir=member_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,
-            )
-        self.accelerator.wait_for_everyone()
 
     def _keeps_parent_state(self, index: int) -> bool:
         strategy = self.args.ensemble_strategy

@@ -1,12 +1,5 @@
-"""The on-disk layout of an ensemble run and its manifest (`ensemble.json`).
-
-```
-<run_dir>/
-    ensemble.json                 # EnsembleManifest: strategy, hyper-parameters, members, parents
-    members/member-<i>/           # save_pretrained folder: config.json, model.safetensors, processor files,
-        member.json               # MemberRecord of this member (seed, parent, LR facts, its metrics)
-    checkpoints/member-<i>/       # Trainer checkpoints while member i trains (resumable)
-```
+"""The manifest of an ensemble run (`ensemble.json`): `EnsembleManifest` and `MemberRecord`. The layout itself (every
+file and folder name of a run, reading and writing the manifest) belongs to `hf_starsse.run_folder`.
 """
 
 from __future__ import annotations

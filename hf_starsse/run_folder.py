@@ -27,15 +27,26 @@ through [`replace_directory`] (a kill at any moment leaves the old or the new fo
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
-import shutil
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .run_folder_io import (  # noqa: F401  (the layout's temporaries and locks; re-exported here)
+    OLD_SUFFIX,
+    TMP_SUFFIX,
+    MemberBusyError,
+    exclusive_lock,
+    nobody_holds,
+    owner_tag,
+    recover_replacements,
+    replace_directory,
+    shared_lock,
+    try_exclusive_lock,
+    writer_is_gone,
+)
 
 MANIFEST_NAME = "ensemble.json"
 LOCK_NAME = ".ensemble.lock"
@@ -54,12 +65,8 @@ PREDICTIONS_DIR = "predictions"
 LAUNCH_INFO_NAME = "launch.json"
 DEMO_RESULTS_NAME = "demo_results.json"
 
-OLD_SUFFIX = ".old"
-TMP_SUFFIX = ".tmp"
 LOCK_SUFFIX = ".lock"
 CHECKPOINT_PREFIX = "checkpoint-"  # transformers' `PREFIX_CHECKPOINT_DIR`
-# temporaries and `.old` copies carry their writer: `.<name>.w<pid>~<host>.<random>.tmp` (see `owner_tag`)
-_OWNER_RE = re.compile(r"\.w(?P<pid>\d+)~(?P<host>[A-Za-z0-9_-]+)(?=\.)")
 
 
 def member_name(index: int) -> str:
@@ -279,42 +286,16 @@ class RunFolder:
         return self.manifest_path
 
     # ----- concurrency and crash recovery ----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> contextlib.AbstractContextManager:
         """Hold an exclusive `flock` on `.ensemble.lock` (processes and jobs sharing the run folder). Re-entrant
         within a process."""
-        key = os.path.realpath(self.lock_path)
-        if key in _HELD_LOCKS:
-            _HELD_LOCKS[key] += 1
-            try:
-                yield
-            finally:
-                _HELD_LOCKS[key] -= 1
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            _HELD_LOCKS[key] = 1
-            try:
-                yield
-            finally:
-                del _HELD_LOCKS[key]
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return exclusive_lock(self.lock_path)
 
-    @contextlib.contextmanager
-    def member_lock(self, index: int) -> Iterator[None]:
-        """Hold the lock of member `index` while it trains; raises `RuntimeError` when another process holds it."""
+    def member_lock(self, index: int) -> contextlib.AbstractContextManager:
+        """Hold member `index`'s lock while it trains; raises [`MemberBusyError`] when another process holds it."""
         path = self.member_lock_path(index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as handle:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RuntimeError(f"member {index} is being trained by another process (it holds {path}).") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        busy = MemberBusyError(f"member {index} is being trained by another process (it holds {path}).")
+        return try_exclusive_lock(path, busy)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[list[Path]]:
@@ -324,15 +305,12 @@ class RunFolder:
         Yields the paths `recover` removed or restored.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.writers_lock_path, "a+") as handle:
-            alone = _try_flock(handle, fcntl.LOCK_EX)
-            with self.lock():
-                changed = self.recover(alone=alone)
-            fcntl.flock(handle.fileno(), fcntl.LOCK_SH)  # converts the exclusive lock, or waits for its holder
-            try:
-                yield changed
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        with shared_lock(self.writers_lock_path, on_start=self._recover_under_lock) as changed:
+            yield changed
+
+    def _recover_under_lock(self, alone: bool) -> list[Path]:
+        with self.lock():
+            return self.recover(alone=alone)
 
     def recover(self, alone: bool | None = None) -> list[Path]:
         """Finish or undo what a killed process left in every folder of the layout: restore `.X.old` where `X` is
@@ -346,57 +324,11 @@ class RunFolder:
         Returns the paths removed or restored.
         """
         if alone is None:
-            alone = False
-            if self.root.is_dir():
-                with open(self.writers_lock_path, "a+") as handle:
-                    alone = _try_flock(handle, fcntl.LOCK_EX)
-                    if alone:
-                        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            alone = self.root.is_dir() and nobody_holds(self.writers_lock_path)
         changed: list[Path] = []
         for folder in self.folders_with_atomic_writes():
-            changed += recover_replacements(folder, is_stale=lambda name: _writer_is_gone(name, alone))
+            changed += recover_replacements(folder, is_stale=lambda name: writer_is_gone(name, alone))
         return changed
-
-
-_HELD_LOCKS: dict[str, int] = {}
-
-
-def owner_tag() -> str:
-    """`w<pid>~<host>`: put in the names of temporaries so that [`RunFolder.recover`] can tell a live writer's."""
-    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
-    return f"w{os.getpid()}~{host}"
-
-
-def _writer_is_gone(name: str, alone: bool) -> bool:
-    match = _OWNER_RE.search(name)
-    if match is None:
-        return alone
-    if match["host"] == owner_tag().split("~", 1)[1]:
-        return not _pid_alive(int(match["pid"]))  # this host: ask the kernel
-    return alone
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child not reaped yet is a zombie: gone for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
-def _try_flock(handle, operation: int) -> bool:
-    try:
-        fcntl.flock(handle.fileno(), operation | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def validate_manifest_data(data: Any, path: Path) -> None:
@@ -431,56 +363,3 @@ def validate_manifest_data(data: Any, path: Path) -> None:
                 f"{name}.path {entry['path']!r} is listed twice (also members[{seen_path[member_path]}])."
             )
         seen_index[index], seen_path[member_path] = position, position
-
-
-def recover_replacements(folder: str | os.PathLike, is_stale: Callable[[str], bool] | None = None) -> list[Path]:
-    """In `folder`: restore `.X.old` to `X` when `X` is missing (a kill between the two renames of
-    [`replace_directory`]), else remove it; remove `.X.*.tmp` temporaries. Returns what changed.
-
-    Args:
-        is_stale (`Callable[[str], bool]`, *optional*):
-            Given a leftover's name, whether its writer is gone (see [`RunFolder.recover`]); by default every leftover
-            is taken as stale (only for folders no live process writes into).
-    """
-    folder = Path(folder)
-    if not folder.is_dir() or folder.is_symlink():
-        return []
-    changed = []
-    for child in sorted(folder.iterdir()):
-        name = child.name
-        if not name.startswith(".") or not name.endswith((OLD_SUFFIX, TMP_SUFFIX)):
-            continue
-        if is_stale is not None and not is_stale(name):
-            continue
-        if name.endswith(OLD_SUFFIX):
-            final = folder / re.sub(r"\.w\d+~[A-Za-z0-9_-]+$", "", name[1 : -len(OLD_SUFFIX)])
-            if final.exists():
-                _remove(child)
-            else:
-                os.replace(child, final)
-        else:
-            _remove(child)
-        changed.append(child)
-    return changed
-
-
-def replace_directory(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Move the finished folder `tmp` to `final`, replacing an existing `final` so that a kill at any moment leaves
-    the old or the new folder under `final` (or the old one as `.final.<writer>.old`, restored by
-    [`recover_replacements`])."""
-    tmp, final = Path(tmp), Path(final)
-    if not final.exists():
-        os.replace(tmp, final)
-        return
-    old = final.with_name(f".{final.name}.{owner_tag()}{OLD_SUFFIX}")
-    _remove(old)
-    os.replace(final, old)
-    os.replace(tmp, final)
-    _remove(old)
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.exists():
-        shutil.rmtree(path, ignore_errors=True)

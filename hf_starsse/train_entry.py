@@ -19,7 +19,7 @@ from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_plan import describe_plan, plan_members
 from .file_utils import atomic_write_json
 from .model_loading import MODEL_FAMILIES
-from .run_folder import LAUNCH_INFO_NAME, RunFolder  # noqa: F401  (LAUNCH_INFO_NAME: kept importable from here)
+from .run_folder import LAUNCH_INFO_NAME, MemberBusyError, RunFolder  # noqa: F401  (LAUNCH_INFO_NAME: kept importable from here)
 
 
 @dataclass
@@ -406,7 +406,7 @@ def cli_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """`main` with bad input reported as one line on stderr (exit code 1)."""
     try:
         return main(argv, prog)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, MemberBusyError) as err:
         lines = str(err).strip().splitlines()
         print(f"{prog or 'train'}: error: {lines[0] if lines else repr(err)}", file=sys.stderr)
         return 1

@@ -168,3 +168,41 @@ def test_recover_keeps_live_writers_temporaries(tmp_path):
     assert live.exists() and unknown.exists()
     assert run.recover() == [unknown]  # no writer holds the run any more
     assert live.exists()
+
+
+def test_a_member_another_job_is_training_is_refused(tmp_path):
+    from hf_starsse.run_folder import MemberBusyError
+
+    base = make_pretrained(tmp_path / "base")
+    with RunFolder(tmp_path / "run").member_lock(1):  # held as by another job
+        with pytest.raises(MemberBusyError, match="member 1 is being trained by another process"):
+            _train(tmp_path / "run", base, member_indices=[1])
+    output, _ = _train(tmp_path / "run", base, member_indices=[1])
+    assert output.trained == [1]
+
+
+def test_cli_resume_with_another_model_or_dataset_is_refused(tmp_path, capsys):
+    """The issue's journey: a partial Local DE run resumed with another `--model_name_or_path` / `--dataset_name`."""
+    from hf_starsse.cli import main as cli_main
+
+    from recipe_fixtures import make_checkpoint, save_dataset
+
+    model_a, model_b = make_checkpoint(tmp_path / "a", "resnet"), make_checkpoint(tmp_path / "b", "resnet", seed=1)
+    data_a, data_b = save_dataset(tmp_path / "da", num_train=16), save_dataset(tmp_path / "db", num_train=20)
+    run = tmp_path / "run"
+
+    def train(model, data, *extra):
+        argv = ["train", "--model_name_or_path", model, "--dataset_name", data, "--output_dir", str(run)]
+        argv += ["--ensemble_strategy", "local_de", "--num_members", "2", "--max_steps", "1", "--use_cpu", "true"]
+        argv += ["--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--validation_size", "4"]
+        code = cli_main([*argv, *extra])
+        return code, capsys.readouterr().err
+
+    assert train(model_a, data_a, "--member_indices", "0")[0] == 0
+    code, err = train(model_b, data_a)
+    assert code == 1 and "another `model_name_or_path`" in err and "`base_model.sha256`" in err
+    code, err = train(model_a, data_b)
+    assert code == 1 and "another `dataset_name`" in err and "`train_data.source`" in err
+    assert sorted(p.name for p in (run / "members").iterdir()) == ["member-0"]
+    assert train(model_a, data_a)[0] == 0
+    assert [m.index for m in RunFolder(run).read_manifest().members] == [0, 1]
