@@ -3,7 +3,8 @@
 They are recorded in the manifest (and in every `member.json`); resuming a run with another model, data or labels is
 refused before training, naming the field that differs.
 
-- `base_model`: `{"name", "revision"}` for a Hub checkpoint (`config._name_or_path` and `config._commit_hash`), or
+- `base_model`: `{"name", "revision"}` for a Hub checkpoint (`config._name_or_path` and the commit of its cached
+  snapshot), or
   `{"name", "sha256"}` for a local folder (a hash of its weight files). Global DE: one per checkpoint.
 - `train_data`: `{"source", "config", "split", "num_rows", "features", "fingerprint"}` (`fingerprint`: the
   `datasets` fingerprint when there is one; cheap, no pass over the data).
@@ -45,12 +46,25 @@ def checkpoint_fingerprint(name_or_path: str, revision: str | None = None) -> di
         digest = weights_sha256(name_or_path)
         if digest is not None:
             return {"name": str(name_or_path), "sha256": digest}
-    return {"name": str(name_or_path), "revision": revision}
+    return {"name": str(name_or_path), "revision": revision or _cached_commit(str(name_or_path))}
+
+
+def _cached_commit(repo_id: str) -> str | None:
+    """The commit of the Hub cache's snapshot of `repo_id` (its `main` ref; no network), if it is cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # not a repo id, no cache: the name alone identifies it
+        return None
+    if isinstance(path, str) and Path(path).parent.parent.name == "snapshots":
+        return Path(path).parent.name
+    return None
 
 
 def model_fingerprint(model: Any) -> dict[str, Any]:
-    """[`checkpoint_fingerprint`] of the checkpoint a model was loaded from (`config._name_or_path`, `_commit_hash`);
-    a model built from a config alone is named by its class."""
+    """[`checkpoint_fingerprint`] of the checkpoint a model was loaded from (`config._name_or_path`); a model built
+    from a config alone is named by its class."""
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", "") or type(model).__name__
     return checkpoint_fingerprint(name, getattr(config, "_commit_hash", None))

@@ -77,7 +77,11 @@ def shared_lock(path: Path, on_start: Callable[[bool], T]) -> Iterator[T]:
 
 def nobody_holds(path: Path) -> bool:
     """Whether no process holds a `flock` on `path` (checked with a non-blocking exclusive lock, released at once)."""
-    with open(path, "a+") as handle:
+    try:
+        handle = open(path, "a+")
+    except OSError:  # a read-only run folder: leave its leftovers alone
+        return False
+    with handle:
         if not _try_flock(handle, fcntl.LOCK_EX):
             return False
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
