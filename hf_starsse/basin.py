@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .bn_recalibration import has_batchnorm, recalibrate_batchnorm
 from .ensemble import predict_probs
 from .metrics import DEFAULT_NUM_BINS, classification_metrics
-from .soups import _get_tensor, _open_weights, load_soup_into, member_weights_file
+from .soups import load_soup_into, member_weights_file, open_weights, read_tensor
 
 # buffers excluded from distances and plane geometry (they are statistics of activations, not weights)
 _STAT_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -42,14 +42,14 @@ def l2_distance(a: str | os.PathLike, b: str | os.PathLike) -> tuple[float, int,
     total = 0.0
     compared = 0
     skipped: list[str] = []
-    with _open_weights(path_a) as fa, _open_weights(path_b) as fb:
+    with open_weights(path_a) as fa, open_weights(path_b) as fb:
         keys_b = set(fb.keys())
         for key in sorted(fa.keys()):
-            ta = _get_tensor(fa, key, path_a)
+            ta = read_tensor(fa, key, path_a)
             if key not in keys_b:
                 skipped.append(key)
                 continue
-            tb = _get_tensor(fb, key, path_b)
+            tb = read_tensor(fb, key, path_b)
             if ta.shape != tb.shape or not _is_weight(key, ta):
                 if ta.shape != tb.shape:
                     skipped.append(key)

@@ -1,7 +1,8 @@
 """`Ensemble`: evaluate the members of a run (or any list of checkpoints) as one predictor.
 
-The ensemble predicts the mean of its members' softmax probabilities. All members see each batch in turn, so the
-data is read once whatever K is.
+The ensemble predicts the mean of its members' softmax probabilities, computed by the same functions as the pipeline
+model [`hf_starsse.modeling_ensemble.EnsembleForImageClassification`] (`member_probs` / `average_probs`). All members
+see each batch in turn, so the data is read once whatever K is.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .eval_data import model_inputs
-from .manifest import EnsembleManifest
 from .metrics import DEFAULT_NUM_BINS, classification_metrics, ensemble_metrics
+from .modeling_ensemble import average_probs, check_same_labels, member_probs
+from .run_folder import RunFolder
 
 
 def default_device() -> torch.device:
@@ -75,10 +77,8 @@ def predict_probs(
     try:
         for batch in bar:
             inputs, labels = model_inputs(batch, device)
-            for chunks, model in zip(member_chunks, models):
-                out = model(**inputs)
-                logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
-                chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
+            for chunks, probs in zip(member_chunks, member_probs(models, inputs).cpu()):
+                chunks.append(probs)
             if labels is not None:
                 label_chunks.append(torch.as_tensor(labels).cpu())
     finally:
@@ -124,9 +124,7 @@ class Ensemble:
         names = list(names) if names is not None else [f"member-{i}" for i in range(len(models))]
         if len(names) != len(models):
             raise ValueError(f"`names` should have one entry per member ({len(models)}), got {len(names)}.")
-        labels = {getattr(getattr(m, "config", None), "num_labels", None) for m in models}
-        if len(labels) > 1:
-            raise ValueError(f"The members predict different numbers of classes: {sorted(map(str, labels))}.")
+        check_same_labels(models)
         self.device = torch.device(device) if device is not None else default_device()
         self.models = [m.to(self.device).eval() for m in models]
         self.names = names
@@ -147,11 +145,13 @@ class Ensemble:
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, device: torch.device | str | None = None, **kwargs: Any) -> Ensemble:
-        """Load the finished members listed in `run_dir/ensemble.json`."""
-        manifest = EnsembleManifest.load(run_dir)
+        """Load the finished members listed in `run_dir/ensemble.json` (read and checked by [`RunFolder`]: member paths
+        stay inside the run)."""
+        run = RunFolder(run_dir)
+        manifest = run.read_manifest()
         if not manifest.members:
             raise ValueError(f"The manifest of {run_dir} lists no finished members.")
-        return cls.from_pretrained(manifest.member_paths(run_dir), device=device, **kwargs)
+        return cls.from_pretrained(run.member_paths(manifest), device=device, **kwargs)
 
     def __len__(self) -> int:
         return len(self.models)
@@ -166,10 +166,8 @@ class Ensemble:
 
     @torch.no_grad()
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Probabilities of one batch of `pixel_values` (mean of the members' softmax)."""
-        pixel_values = pixel_values.to(self.device)
-        probs = [torch.softmax(m(pixel_values=pixel_values).logits.float(), dim=-1) for m in self.models]
-        return torch.stack(probs).mean(dim=0)
+        """Probabilities of one batch of `pixel_values` (mean of the members' softmax, as the pipeline model's)."""
+        return average_probs(self.models, {"pixel_values": pixel_values.to(self.device)})
 
     def evaluate(
         self, dataloader: Iterable[Any], num_bins: int = DEFAULT_NUM_BINS, progress: bool | str = False

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from .cyclic_schedule import get_cyclic_cosine_schedule
 from .ensemble_config import EnsembleTrainingArguments
 from .run_folder import member_name
+from .seeds import member_data_seed
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,7 @@ class MemberPlan:
 
     Args:
         index (`int`): Member index.
-        seed (`int`): Seed of its fresh head (if any) and of its data order.
+        seed (`int`): Seed of its fresh head (if any) and of its other global random draws (dropout, augmentation).
         parent (`int`, *optional*): Member whose final weights it starts from; `None` = a pre-trained checkpoint.
         init_from (`str`): The pre-trained checkpoint or `member-<parent>`.
         num_steps (`int`): Optimizer steps.
@@ -23,6 +24,8 @@ class MemberPlan:
         peak_learning_rate (`float`): Highest LR of its phase.
         schedule_offset (`int`): Step of the whole-run schedule where the phase starts.
         is_cycle (`bool`): `True` for SSE / StarSSE cycles (no head re-init, cycle LR).
+        data_seed (`int`, *optional*): Seed of its data order; defaults to `member_data_seed(seed, index)`, which keeps
+            the orders of a run's (member, epoch) pairs apart (see `hf_starsse.seeds`).
     """
 
     index: int
@@ -34,6 +37,11 @@ class MemberPlan:
     peak_learning_rate: float
     schedule_offset: int
     is_cycle: bool
+    data_seed: int | None = None
+
+    def __post_init__(self):
+        if self.data_seed is None:
+            object.__setattr__(self, "data_seed", member_data_seed(self.seed, self.index))
 
     @property
     def num_epochs(self) -> float:

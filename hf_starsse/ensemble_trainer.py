@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import get_last_checkpoint, set_seed
 
+from .architecture import check_same_architecture
 from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_plan import MemberPlan, SchedulePlan, plan_members, plan_schedule
 from .ensemble_run import open_run, run_header, save_checkpoint_atomically, select_members
@@ -95,7 +96,7 @@ class EnsembleTrainer(Trainer):
         if strategy == "global_de":
             if len(inspect.signature(model_init).parameters) < 1:
                 raise ValueError("`model_init` should take the checkpoint to load as its argument for Global DE.")
-            check_same_architecture(args.pretrained_checkpoints)
+            check_same_architecture(args.pretrained_checkpoints, field="pretrained_checkpoints")
         self._member_init = model_init
         if model is None:
             set_seed(args.seeds[0])
@@ -225,8 +226,8 @@ class EnsembleTrainer(Trainer):
             self._pending_optimizer_state = self._optimizer_states.get(plan.parent)
             if self._pending_optimizer_state is None:
                 logger.warning(f"member {plan.index}: parent's optimizer state is not in memory; starting it fresh.")
-        # each member: its own seed for data order, its own length and its own Trainer checkpoint folder
-        self.accelerator.dataloader_config.data_seed = plan.seed
+        # each member: its own data order (epoch e: `plan.data_seed + e`), its own length and Trainer checkpoint folder
+        self.accelerator.dataloader_config.data_seed = plan.data_seed
         saved = {k: getattr(args, k) for k in ("seed", "max_steps", "output_dir")}
         checkpoint_dir = str(RunFolder(self._run_output_dir).member_checkpoints_dir(plan.index))
         try:
@@ -361,6 +362,7 @@ class EnsembleTrainer(Trainer):
             index=plan.index,
             path=RunFolder(self._run_output_dir).member_relpath(plan.index),
             seed=plan.seed,
+            data_seed=plan.data_seed,
             parent=plan.parent,
             init_from=plan.init_from,
             learning_rate=plan.peak_learning_rate,
@@ -390,29 +392,6 @@ class EnsembleTrainer(Trainer):
     def _keeps_parent_state(self, index: int) -> bool:
         strategy = self.args.ensemble_strategy
         return (strategy == "star_sse" and index == 0) or strategy == "sse"
-
-
-def check_same_architecture(checkpoints: list[str]) -> None:
-    """Raise if the Global DE checkpoints are not all of one architecture (compared through their configs)."""
-    reference = None
-    for checkpoint in checkpoints:
-        try:
-            config = AutoConfig.from_pretrained(checkpoint)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"`pretrained_checkpoints`: cannot load the config of {checkpoint!r}: {err}") from None
-        signature = (config.model_type, getattr(config, "architecture", None), _shape_signature(config))
-        if reference is None:
-            reference = (checkpoint, signature)
-        elif signature != reference[1]:
-            raise ValueError(
-                f"`pretrained_checkpoints` should share one architecture: {checkpoint!r} is {signature[:2]}, "
-                f"{reference[0]!r} is {reference[1][:2]} (or their sizes differ)."
-            )
-
-
-def _shape_signature(config) -> tuple:
-    keys = ("hidden_size", "hidden_sizes", "depths", "num_hidden_layers", "embedding_size", "image_size", "patch_size")
-    return tuple(str(getattr(config, k, None)) for k in keys)
 
 
 def _model_name(model: torch.nn.Module) -> str:

@@ -26,7 +26,6 @@ ImageTransform = Callable[[np.ndarray, int], np.ndarray]  # (uint8 HWC image, sa
 
 LABEL_COLUMNS = ("labels", "label", "fine_label", "target")
 IMAGE_COLUMNS = ("image", "img", "pixel_values")
-EVAL_DATA_DIR = "eval_data"
 
 
 def load_eval_dataset(path: str | os.PathLike, split: str | None = None) -> Any:

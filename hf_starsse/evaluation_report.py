@@ -13,9 +13,8 @@ import torch
 from .cyclic_schedule import get_cyclic_cosine_schedule
 from .file_utils import atomic_write_json, atomic_write_text
 from .manifest import EnsembleManifest
+from .run_folder import EVAL_JSON, EVAL_MD
 
-EVAL_JSON = "eval.json"
-EVAL_MARKDOWN = "eval.md"
 METRIC_COLUMNS = (("accuracy", "acc"), ("nll", "NLL"), ("ece", "ECE"), ("brier", "Brier"))
 
 
@@ -306,6 +305,6 @@ def write_report(
         results["plots"] = [str(p.name) for p in written.values()]
     atomic_write_json(output_dir / EVAL_JSON, results)
     written["json"] = output_dir / EVAL_JSON
-    atomic_write_text(output_dir / EVAL_MARKDOWN, markdown_report(results))
-    written["markdown"] = output_dir / EVAL_MARKDOWN
+    atomic_write_text(output_dir / EVAL_MD, markdown_report(results))
+    written["markdown"] = output_dir / EVAL_MD
     return written

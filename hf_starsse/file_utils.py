@@ -92,6 +92,10 @@ def crash_point(name: str) -> None:
     - `member_renamed` (`EnsembleTrainer`): a member folder was renamed into place; `ensemble.json` not yet rebuilt.
     - `manifest_write` (`RunFolder.write_manifest`): the new `ensemble.json` is written to its temporary file, not yet
       renamed.
+    - `replace_directory@<parent>/<name>` (`replace_directory`): the old folder moved aside, the new one not yet in
+      place (e.g. `replace_directory@soups/uniform`).
+    - `soup_written` (`soups`): the new soup is written, the old one not yet replaced.
+    - `push_staged` (`hub`): everything checked and staged, nothing sent yet.
     """
     spec = os.environ.get(CRASH_POINT_ENV)
     if not spec or spec.partition(":")[0] != name:

@@ -4,15 +4,17 @@ Repository layout:
 
 ```
 README.md                      # model card (hf_starsse/model_cards/ensemble_card.md)
-config.json, model.safetensors # the uniform soup: `AutoModelForImageClassification.from_pretrained(repo)` and
-preprocessor_config.json, ...  #   `pipeline("image-classification", model=repo)` load it
+config.json, model.safetensors # the evaluated soup `soups/uniform/` (or `--soup greedy`), BatchNorm recalibrated:
+preprocessor_config.json, ...  #   `AutoModelForImageClassification.from_pretrained(repo)` / `pipeline(...)` load it
+soup.json                      #   what made it (members, metrics, evaluation id)
 ensemble.json                  # the run's manifest (what `EnsembleForImageClassification.from_pretrained` reads)
 members/member-<i>/            # every member: `from_pretrained(repo, subfolder="members/member-<i>")`
-eval.json, eval/..., plots/... # the run's evaluation results and plots, when present
+eval/eval.json, eval/eval.md, eval/*.png   # the run's evaluation (`hf-starsse evaluate`)
 ```
 
-The soup is the run's `soup/` folder when the evaluation wrote one (e.g. with BatchNorm statistics recalibrated on
-training data), else the uniform average of the members computed here. Nothing is written into the run folder.
+What is uploaded is an allow-list of the layout's files (`hf_starsse.push_plan`), checked before anything is sent: a
+run never evaluated is refused unless `average_members=True`, and no repository is created before every local check
+passed. Nothing is written into the run folder.
 """
 
 from __future__ import annotations
@@ -28,24 +30,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import save_file
 
-from .manifest import MANIFEST_NAME, MEMBER_INFO_NAME, EnsembleManifest
+from .file_utils import crash_point
+from .manifest import EnsembleManifest
 from .model_card import SECRET_KEY, build_member_card, build_model_card
-from .soups import SAFE_WEIGHTS_NAME, uniform_soup
+from .push_plan import AVERAGE_KIND, SAFE_WEIGHTS_NAME, PushPlan, check_push_arguments, model_files, plan_push
+from .run_folder import MANIFEST_NAME, MEMBER_INFO_NAME, RunFolder
+from .soups import uniform_soup
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SOUP_DIR = "soup"
-EVAL_FILES = ("eval.json", "eval.md")
-EVAL_DIRS = ("eval",)
-PLOT_DIRS = ("plots",)
-PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 # Files at most this large are scanned for the token before anything is sent.
 SCAN_LIMIT_BYTES = 16 * 1024 * 1024
@@ -80,6 +78,8 @@ def push_to_hub(
     run_dir: str | os.PathLike,
     repo_id: str,
     *,
+    soup: str = "uniform",
+    average_members: bool = False,
     private: bool = False,
     revision: str | None = None,
     token: str | None = None,
@@ -92,13 +92,19 @@ def push_to_hub(
     max_retries: int = 3,
     retry_wait: float = 1.0,
 ) -> PushResult:
-    """Publish the soup, the members, the manifest, the evaluation results and a model card in one commit.
+    """Publish the evaluated soup, the members, the manifest, the evaluation results and a model card in one commit.
 
     Args:
         run_dir (`str` or `os.PathLike`):
-            An `hf_starsse` run folder (`ensemble.json` + `members/member-<i>/`).
+            An `hf_starsse` run folder (`ensemble.json` + `members/member-<i>/`), evaluated by `hf-starsse evaluate`.
         repo_id (`str`):
-            Target repository, `namespace/name` (or `name`: the token's user namespace). Created when missing.
+            Target repository, `namespace/name` (or `name`: the token's user namespace). Created when missing, once
+            every local check passed.
+        soup (`str`, *optional*, defaults to `"uniform"`):
+            The evaluated soup published at the repository root: `uniform` (`soups/uniform/`) or `greedy`.
+        average_members (`bool`, *optional*, defaults to `False`):
+            Publish the plain average of the members at the root instead (e.g. for a run never evaluated). Its
+            BatchNorm statistics are the members' average, not recalibrated (a warning says so).
         private (`bool`, *optional*, defaults to `False`):
             Create the repository as private (an existing repository keeps its visibility).
         revision (`str`, *optional*):
@@ -131,62 +137,32 @@ def push_to_hub(
         `FileNotFoundError` / `ValueError`: a bad run folder or argument (before anything is sent).
         [`HubPushError`]: the Hub refused the token or failed after the retries (one line, without the token).
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"`run_dir` {run_dir} is not a folder.")
-    manifest = EnsembleManifest.load(run_dir)
-    if not manifest.members:
-        raise ValueError(f"The manifest {run_dir / MANIFEST_NAME} lists no finished member: nothing to push.")
-    member_dirs = manifest.member_paths(run_dir)
-    for record, folder in zip(manifest.members, member_dirs):
-        for name in ("config.json", SAFE_WEIGHTS_NAME):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"Member {record.index} has no {name} in {folder}.")
-    if not isinstance(repo_id, str) or not repo_id:
-        raise ValueError(f"`repo_id` should be a repository id like `user/name`, got {repo_id!r}.")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise ValueError(f"`repo_id` {repo_id!r} is not a valid repository id: {_one_line(str(err))}") from None
-    if max_retries < 0:
-        raise ValueError(f"`max_retries` should be >= 0, got {max_retries}.")
-    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
-        raise ValueError(f"`revision` should be a branch name, got {revision!r}.")
+    run = RunFolder(run_dir)
+    plan = plan_push(run, soup=soup, average_members=average_members)
+    check_push_arguments(repo_id, max_retries, revision)
     branch = revision or "main"
     secret = token if isinstance(token, str) and token else get_token()
     api = HfApi(endpoint=endpoint, token=token, library_name="hf_starsse")
     retry = _Retrier(max_retries, retry_wait, secret, endpoint=api.endpoint)
+    manifest = plan.manifest
 
     with tempfile.TemporaryDirectory(prefix="hf_starsse-push-") as staging_dir:
         staging = Path(staging_dir)
-        uploads = _stage_soup(run_dir, member_dirs, staging / "soup")
-        uploads += _member_uploads(manifest, run_dir)
-        uploads += _eval_uploads(run_dir)
+        uploads = list(plan.files)
+        if plan.root == AVERAGE_KIND:
+            uploads += _stage_members_average(run, plan, staging / "average")
         clean_manifest = _scrub(manifest.to_dict(), secret)
         (staging / MANIFEST_NAME).write_text(json.dumps(clean_manifest, indent=2) + "\n", encoding="utf-8")
         uploads.append((MANIFEST_NAME, staging / MANIFEST_NAME))
-        eval_results = _read_json(run_dir / "eval.json")
-        plots = [path for path, _ in uploads if path.lower().endswith(PLOT_SUFFIXES)]
-        _check_no_secret(uploads, secret)
-
-        # From here on, the Hub. The repository and branch are created first (a refused token stops here).
-        repo_url = retry(lambda: api.create_repo(repo_id, private=private, exist_ok=True), f"create {repo_id}")
-        repo_id = getattr(repo_url, "repo_id", None) or repo_id
-        if branch != "main":
-            retry(lambda: api.create_branch(repo_id, branch=branch, exist_ok=True), f"create branch {branch}")
-
-        member_repos = []
-        if push_members_separately:
-            for record, folder in zip(manifest.members, member_dirs):
-                member_repos.append(
-                    _push_member(api, retry, manifest, record.index, folder, repo_id, private, license, staging)
-                )
-
+        if "/" not in repo_id:  # the card names the full repository: ask who the token belongs to (creates nothing)
+            repo_id = f"{retry(lambda: api.whoami(), 'read the token owner')['name']}/{repo_id}"
+        member_repos = [f"{repo_id}-member-{r.index}" for r in manifest.members] if push_members_separately else []
         card = build_model_card(
             EnsembleManifest.from_dict(clean_manifest),
             repo_id=repo_id,
-            eval_results=eval_results,
-            plots=plots,
+            eval_results=plan.eval_results,
+            root=plan.root,
+            plots=plan.plots,
             license=license,
             datasets=datasets,
             base_model=base_model,
@@ -195,10 +171,18 @@ def push_to_hub(
         )
         (staging / "README.md").write_text(str(card), encoding="utf-8")
         uploads.append(("README.md", staging / "README.md"))
-        _check_no_secret(uploads[-1:], secret)
+        _check_no_secret(uploads, secret)
+        crash_point("push_staged")  # test hook: everything checked and staged, nothing sent yet
 
+        # From here on, the Hub. The repository and branch are created first (a refused token stops here).
+        retry(lambda: api.create_repo(repo_id, private=private, exist_ok=True), f"create {repo_id}")
+        if branch != "main":
+            retry(lambda: api.create_branch(repo_id, branch=branch, exist_ok=True), f"create branch {branch}")
+        for record, folder, member_repo in zip(manifest.members, plan.member_dirs, member_repos):
+            _push_member(api, retry, manifest, record.index, run, folder, member_repo, repo_id, private, license)
         message = commit_message or (
-            f"Upload {manifest.strategy} ensemble ({len(manifest.members)} members, soup, card) with hf_starsse"
+            f"Upload {manifest.strategy} ensemble ({len(manifest.members)} members, {plan.root} soup, card) "
+            "with hf_starsse"
         )
         commit = retry(
             lambda: api.create_commit(
@@ -224,7 +208,8 @@ def push_run_if_requested(args: Any, run_dir: str | os.PathLike | None = None) -
     """Honour `TrainingArguments.push_to_hub` at the end of an ensemble run: push the run's layout.
 
     Uses `hub_model_id` (default: the output folder's name), `hub_token`, `hub_private_repo` and `hub_revision`
-    when the arguments have them. Only the process that saves (`args.should_save`) pushes.
+    when the arguments have them. Only the process that saves (`args.should_save`) pushes. A run not evaluated yet
+    (the usual case at the end of training) is pushed with `average_members=True`, with a warning.
 
     Args:
         args (`TrainingArguments`):
@@ -239,9 +224,16 @@ def push_run_if_requested(args: Any, run_dir: str | os.PathLike | None = None) -
         return None
     run_dir = Path(run_dir if run_dir is not None else args.output_dir)
     repo_id = getattr(args, "hub_model_id", None) or run_dir.resolve().name
+    evaluated = RunFolder(run_dir).eval_json.is_file()
+    if not evaluated:
+        logger.warning(
+            "The run is pushed at the end of training, before any `hf-starsse evaluate`: the repository root gets the "
+            "plain average of the members. Evaluate and push again to publish the BatchNorm-recalibrated soup."
+        )
     return push_to_hub(
         run_dir,
         repo_id,
+        average_members=not evaluated,
         private=bool(getattr(args, "hub_private_repo", False)),
         revision=getattr(args, "hub_revision", None),
         token=getattr(args, "hub_token", None),
@@ -251,66 +243,24 @@ def push_run_if_requested(args: Any, run_dir: str | os.PathLike | None = None) -
 # ---- staging ------------------------------------------------------------------------------------------------------
 
 
-def _stage_soup(run_dir: Path, member_dirs: list[Path], staging: Path) -> list[tuple[str, Path]]:
-    """The soup's files for the repository root: the run's `soup/` folder, or a uniform soup computed here (its
-    config and image processor are member 0's)."""
-    saved = run_dir / SOUP_DIR
-    if (saved / SAFE_WEIGHTS_NAME).is_file() and (saved / "config.json").is_file():
-        return [(f.name, f) for f in sorted(saved.iterdir()) if _is_upload(f)]
+def _stage_members_average(run: RunFolder, plan: PushPlan, staging: Path) -> list[tuple[str, Path]]:
+    """The plain average of the members for the repository root (config and processor files of member 0)."""
     staging.mkdir(parents=True)
-    state = uniform_soup(member_dirs)
+    state = uniform_soup(plan.member_dirs)
     if any(k.endswith(("running_mean", "running_var")) for k in state):
         logger.warning(
-            "The soup's BatchNorm statistics are the average of the members' (no recalibrated `%s/` folder in the "
-            "run): recalibrate them on training data for a better soup.",
-            SOUP_DIR,
+            "The published soup's BatchNorm statistics are the average of the members' (`average_members`), not "
+            "recalibrated: run `hf-starsse evaluate %s` and push its soup for a better model.",
+            run.root,
         )
     save_file(
         {k: v.contiguous() for k, v in state.items()}, str(staging / SAFE_WEIGHTS_NAME), metadata={"format": "pt"}
     )
     uploads = [(SAFE_WEIGHTS_NAME, staging / SAFE_WEIGHTS_NAME)]
-    for f in sorted(member_dirs[0].iterdir()):
-        if _is_upload(f) and f.name != MEMBER_INFO_NAME and not f.name.endswith(WEIGHT_SUFFIXES + (".index.json",)):
-            uploads.append((f.name, f))
+    for path in model_files(run, plan.member_dirs[0], "member 0 file"):
+        if path.name != SAFE_WEIGHTS_NAME and not path.name.startswith("model") and path.name != MEMBER_INFO_NAME:
+            uploads.append((path.name, path))
     return uploads
-
-
-def _member_uploads(manifest: EnsembleManifest, run_dir: Path) -> list[tuple[str, Path]]:
-    uploads = []
-    for record in manifest.members:
-        folder = run_dir / record.path
-        prefix = Path(record.path).as_posix().strip("/")
-        for f in sorted(folder.rglob("*")):
-            if _is_upload(f) and not any(part.startswith(".") for part in f.relative_to(folder).parts):
-                uploads.append((f"{prefix}/{f.relative_to(folder).as_posix()}", f))
-    return uploads
-
-
-def _eval_uploads(run_dir: Path) -> list[tuple[str, Path]]:
-    uploads = [(name, run_dir / name) for name in EVAL_FILES if (run_dir / name).is_file()]
-    uploads += [(f.name, f) for f in sorted(run_dir.glob("*")) if f.is_file() and f.suffix.lower() in PLOT_SUFFIXES]
-    for folder in EVAL_DIRS + PLOT_DIRS:
-        for f in sorted((run_dir / folder).rglob("*")) if (run_dir / folder).is_dir() else []:
-            rel = f.relative_to(run_dir)
-            if _is_upload(f) and not any(part.startswith(".") for part in rel.parts):
-                if folder in PLOT_DIRS and f.suffix.lower() not in PLOT_SUFFIXES:
-                    continue
-                uploads.append((rel.as_posix(), f))
-    return uploads
-
-
-def _is_upload(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and not path.name.endswith(".tmp")
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"The evaluation results {path} are not valid JSON: {err}") from None
-    return data if isinstance(data, dict) else None
 
 
 def _push_member(
@@ -318,31 +268,28 @@ def _push_member(
     retry: _Retrier,
     manifest: EnsembleManifest,
     index: int,
+    run: RunFolder,
     folder: Path,
+    member_repo: str,
     ensemble_repo: str,
     private: bool,
     license: str | None,
-    staging: Path,
-) -> str:
-    name = f"{ensemble_repo}-member-{index}"
-    repo_url = retry(lambda: api.create_repo(name, private=private, exist_ok=True), f"create {name}")
-    member_repo = getattr(repo_url, "repo_id", None) or name
+) -> None:
+    retry(lambda: api.create_repo(member_repo, private=private, exist_ok=True), f"create {member_repo}")
     card = build_member_card(
         manifest, index, repo_id=member_repo, ensemble_repo=ensemble_repo, license=license, endpoint=api.endpoint
     )
-    card_path = staging / f"member-{index}-README.md"
-    card_path.write_text(str(card), encoding="utf-8")
-    uploads = [(f.relative_to(folder).as_posix(), f) for f in sorted(folder.rglob("*")) if _is_upload(f)]
-    uploads.append(("README.md", card_path))
+    operations = [
+        CommitOperationAdd(path_in_repo=f.name, path_or_fileobj=str(f))
+        for f in model_files(run, folder, f"member {index} file")
+    ]
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
     retry(
         lambda: api.create_commit(
-            member_repo,
-            operations=[CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in uploads],
-            commit_message=f"Upload member {index} of {ensemble_repo}",
+            member_repo, operations=operations, commit_message=f"Upload member {index} of {ensemble_repo}"
         ),
         f"commit to {member_repo}",
     )
-    return member_repo
 
 
 # ---- secrets ------------------------------------------------------------------------------------------------------

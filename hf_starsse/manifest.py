@@ -36,7 +36,7 @@ class MemberRecord:
         num_epochs (`float`): Epochs of its training phase.
         schedule_offset (`int`): Step of the whole-run cyclic schedule at which its phase starts.
         metrics (`dict`): Its own train / eval metrics.
-        data_seed (`int`, *optional*): Seed of its data order (derived from the run seed and the index).
+        data_seed (`int`, *optional*): Seed of its data order, `hf_starsse.seeds.member_data_seed(seed, index)`.
         diverged (`dict`, *optional*): Set (step, learning rate, reason) when training diverged and the member was
             skipped (`on_divergence="skip"`); such a member has no weights and is left out of ensembles and soups.
         hyperparameters (`dict`): The run-defining settings it was trained under (checked when a member folder the

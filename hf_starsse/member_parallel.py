@@ -61,7 +61,7 @@ def train_member_locally(
     trainer.optimizer, trainer.lr_scheduler = None, None
     optimizer = trainer.create_optimizer()
     scheduler = schedule.create_scheduler(optimizer, step_offset=plan.schedule_offset)
-    generator = torch.Generator().manual_seed(plan.seed)
+    generator = torch.Generator().manual_seed(plan.data_seed)  # one persistent generator: a new order every epoch
     loader = _loader(trainer, trainer.train_dataset, args.per_device_train_batch_size, generator)
     accumulation = args.gradient_accumulation_steps * max(1, args.world_size)
     batches = _endless(loader)

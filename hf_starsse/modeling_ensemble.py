@@ -32,11 +32,42 @@ from transformers import (
 )
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .manifest import MANIFEST_NAME, EnsembleManifest
+from .manifest import EnsembleManifest
+from .run_folder import MANIFEST_NAME, RunFolder, check_member_relpath, validate_manifest_data
 
 ENSEMBLE_MODEL_TYPE = "hf_starsse_ensemble"
 # Keyword arguments of `from_pretrained` that locate files on the Hub, forwarded to every download.
 _HUB_KWARGS = ("revision", "cache_dir", "force_download", "local_files_only", "token", "proxies")
+
+
+def member_probs(models: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Softmax probabilities `(K, B, C)` (float32) of each of the K models on one batch of keyword `inputs`.
+
+    The one place where an ensemble's members turn a batch into probabilities: [`EnsembleForImageClassification`]
+    averages them, and the evaluation [`hf_starsse.ensemble.Ensemble`] keeps them per member for its metrics.
+    """
+    probs = []
+    for model in models:
+        out = model(**inputs)
+        logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
+        probs.append(torch.softmax(logits.float(), dim=-1))
+    return torch.stack(probs)
+
+
+def average_probs(models: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The ensemble's prediction on one batch: the mean of the models' softmax probabilities `(B, C)`."""
+    return member_probs(models, inputs).mean(dim=0)
+
+
+def check_same_labels(models: Any) -> None:
+    """Raise a one-line `ValueError` when the models do not all predict the same number of classes."""
+    counts = [getattr(getattr(m, "config", None), "num_labels", None) for m in models]
+    for i, count in enumerate(counts[1:], start=1):
+        if count != counts[0]:
+            raise ValueError(
+                f"Member {i} has {count} labels, member 0 has {counts[0]}: an ensemble averages probabilities over "
+                "the same labels."
+            )
 
 
 class EnsembleConfig(PreTrainedConfig):
@@ -107,12 +138,7 @@ class EnsembleForImageClassification(PreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> ImageClassifierOutput:
-        probs = None
-        for member in self.members:
-            logits = member(pixel_values=pixel_values).logits.float()
-            p = logits.softmax(dim=-1)
-            probs = p if probs is None else probs + p
-        probs = probs / len(self.members)
+        probs = average_probs(self.members, {"pixel_values": pixel_values})
         log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
         loss = nn.functional.nll_loss(log_probs, labels.to(log_probs.device)) if labels is not None else None
         output = ImageClassifierOutput(loss=loss, logits=log_probs)
@@ -126,13 +152,8 @@ class EnsembleForImageClassification(PreTrainedModel):
         """Wrap already loaded members (all classifying over the same labels)."""
         if not members:
             raise ValueError("`members` should hold at least one model, got none.")
+        check_same_labels(members)
         first = members[0].config
-        for i, member in enumerate(members[1:], start=1):
-            if member.config.num_labels != first.num_labels:
-                raise ValueError(
-                    f"Member {i} has {member.config.num_labels} labels, member 0 has {first.num_labels}: an ensemble "
-                    "averages probabilities over the same labels."
-                )
         config = EnsembleConfig(
             member_configs=[m.config.to_dict() for m in members],
             strategy=strategy,
@@ -161,30 +182,59 @@ class EnsembleForImageClassification(PreTrainedModel):
         """
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
         subfolder = kwargs.pop("subfolder", "") or ""
-        manifest_file = _find_file(pretrained_model_name_or_path, _join(subfolder, MANIFEST_NAME), hub_kwargs)
-        if manifest_file is None:
+        found = _manifest_and_member_locations(pretrained_model_name_or_path, subfolder, hub_kwargs)
+        if found is None:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, subfolder=subfolder, **kwargs)
-        manifest = EnsembleManifest.load(manifest_file)
+        manifest, locations = found
         if not manifest.members:
-            raise ValueError(f"The ensemble manifest {manifest_file} lists no finished member.")
-        members, subfolders = [], []
-        for record in manifest.members:
-            member_subfolder = _join(subfolder, Path(record.path).as_posix())
-            subfolders.append(member_subfolder)
-            members.append(
-                AutoModelForImageClassification.from_pretrained(
-                    pretrained_model_name_or_path, *model_args, subfolder=member_subfolder, **kwargs
-                )
-            )
+            raise ValueError(f"The ensemble manifest of {pretrained_model_name_or_path} lists no finished member.")
+        members = [
+            AutoModelForImageClassification.from_pretrained(where, *model_args, subfolder=sub, **kwargs)
+            for where, sub in locations
+        ]
+        subfolders = [_join(subfolder, m.path) for m in manifest.members]
         model = cls.from_members(members, strategy=manifest.strategy, subfolders=subfolders)
         model.config._name_or_path = str(pretrained_model_name_or_path)
         try:
-            model.image_processor = AutoImageProcessor.from_pretrained(
-                pretrained_model_name_or_path, subfolder=subfolders[0], **hub_kwargs
-            )
+            where, sub = locations[0]
+            model.image_processor = AutoImageProcessor.from_pretrained(where, subfolder=sub, **hub_kwargs)
         except (OSError, ValueError):
             model.image_processor = None
         return model
+
+
+def _manifest_and_member_locations(
+    name_or_path: str | os.PathLike, subfolder: str, hub_kwargs: dict[str, Any]
+) -> tuple[EnsembleManifest, list[tuple[str, str]]] | None:
+    """The checked manifest of a run folder or Hub repo and, per member, `(folder or repo, subfolder)` to load it from;
+    `None` when there is no `ensemble.json` (a `save_pretrained` folder or repo)."""
+    local = Path(name_or_path) / subfolder
+    if local.is_dir():
+        if not (local / MANIFEST_NAME).is_file():
+            return None
+        run = RunFolder(local)
+        manifest = run.read_manifest()  # schema checked, member paths resolved inside the run (no links out)
+        return manifest, [(str(path), "") for path in run.member_paths(manifest)]
+    manifest_file = _find_file(name_or_path, _join(subfolder, MANIFEST_NAME), hub_kwargs)
+    if manifest_file is None:
+        return None
+    manifest = _read_remote_manifest(manifest_file, f"{name_or_path}/{_join(subfolder, MANIFEST_NAME)}")
+    return manifest, [(str(name_or_path), _join(subfolder, m.path)) for m in manifest.members]
+
+
+def _read_remote_manifest(path: str, name: str) -> EnsembleManifest:
+    """A downloaded `ensemble.json`: the schema and every member path checked (relative, `members/member-<i>`)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"The ensemble manifest {name} is not valid JSON: {err}") from None
+    validate_manifest_data(data, Path(name))
+    manifest = EnsembleManifest.from_dict(data)
+    for position, record in enumerate(manifest.members):
+        record.path = check_member_relpath(record.path, f"{name} members[{position}].path")
+    return manifest
 
 
 def _join(subfolder: str, name: str) -> str:
@@ -192,10 +242,7 @@ def _join(subfolder: str, name: str) -> str:
 
 
 def _find_file(name_or_path: str | os.PathLike, filename: str, hub_kwargs: dict[str, Any]) -> str | None:
-    """Path of `filename` in a local folder or (downloaded from) a Hub repo; `None` when it is not there."""
-    local = Path(name_or_path)
-    if local.is_dir():
-        return str(local / filename) if (local / filename).is_file() else None
+    """Path of `filename` downloaded from a Hub repo; `None` when it is not there."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,14 +14,11 @@ from tqdm.auto import tqdm
 from .basin import distance_report, interpolation_curve, plane_grid
 from .bn_recalibration import has_batchnorm, recalibrate_batchnorm
 from .ensemble import Ensemble, default_device, evaluate_model, load_member_model
-from .eval_data import EVAL_DATA_DIR, make_eval_dataloader
+from .eval_data import make_eval_dataloader
 from .evaluation_report import write_report
-from .manifest import EnsembleManifest
 from .metrics import DEFAULT_NUM_BINS
+from .run_folder import RunFolder, recover_replacements
 from .soups import greedy_soup, held_out_score_fn, load_soup_into, save_soup_model, uniform_soup
-
-SOUPS_DIR = "soups"
-EVAL_DIR = "eval"
 
 
 @dataclass
@@ -105,14 +103,14 @@ def load_splits(path: str | os.PathLike) -> dict[str, Any]:
 
 def resolve_eval_data(run_dir: Path, settings: EvaluationSettings) -> tuple[Path, dict[str, Any]]:
     """The evaluation data: `settings.dataset`, else `<run>/eval_data/` (one-line error when neither exists)."""
+    eval_data_dir = RunFolder(run_dir).eval_data_dir
     if settings.dataset is not None:
         path = Path(settings.dataset)
-    elif (run_dir / EVAL_DATA_DIR).exists():
-        path = run_dir / EVAL_DATA_DIR
+    elif eval_data_dir.exists():
+        path = eval_data_dir
     else:
         raise FileNotFoundError(
-            f"No evaluation data: pass `--dataset PATH` (a `save_to_disk` folder) or save one at "
-            f"{run_dir / EVAL_DATA_DIR}."
+            f"No evaluation data: pass `--dataset PATH` (a `save_to_disk` folder) or save one at {eval_data_dir}."
         )
     splits = load_splits(path)
     if settings.split not in splits:
@@ -132,6 +130,10 @@ def _image_processor(member: Path) -> Any:
 def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None = None) -> dict[str, Any]:
     """Evaluate the run in `run_dir` and write the report (see `hf_starsse.evaluation_report.write_report`).
 
+    The soups go to `soups/<kind>/` and the report to `eval/` (names of [`RunFolder`]); each replaces the previous
+    one crash-safely (a kill leaves the old or the new folder), and the results and the soups share one
+    `evaluation_id` so that readers (`hf-starsse push`) can tell a soup from another evaluation.
+
     Returns:
         `dict`: the results written to `eval.json` (plus `written`: the report files).
     """
@@ -143,8 +145,9 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
     run_dir = Path(run_dir)
-    manifest = EnsembleManifest.load(run_dir)
-    members = manifest.member_paths(run_dir)
+    run = RunFolder(run_dir)
+    manifest = run.read_manifest()
+    members = run.member_paths(manifest)
     if not members:
         raise ValueError(f"The manifest of {run_dir} lists no finished members.")
     for i in settings.interpolate:
@@ -181,7 +184,10 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
     test_loader = loader(settings.split)
     bn_split = settings.bn_split or ("train" if "train" in splits else settings.validation_split)
     bn_loader = loader(bn_split) if bn_split in splits else None
+    for folder in (run.soups_dir, run.eval_dir):  # finish what a killed evaluation left (old or new, never none)
+        recover_replacements(folder)
     results: dict[str, Any] = {
+        "evaluation_id": uuid.uuid4().hex,
         "run": str(run_dir),
         "strategy": manifest.strategy,
         "num_members": len(members),
@@ -214,12 +220,7 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
             soup_vs_size.append({"size": k, **metrics})
         results["soup_vs_size"] = soup_vs_size
         soups["uniform"] = _save(
-            template,
-            run_dir / SOUPS_DIR / "uniform",
-            members[0],
-            "uniform",
-            list(range(len(members))),
-            soup_vs_size[-1],
+            template, run, "uniform", members[0], list(range(len(members))), soup_vs_size[-1], results
         )
         if settings.soup == "greedy":
             val_loader = loader(settings.validation_split)
@@ -231,9 +232,7 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
             if needs_bn:
                 recalibrate_batchnorm(template, bn_loader, device=device)
             metrics = evaluate_model(template, test_loader, device=device, num_bins=settings.num_bins)
-            soups["greedy"] = _save(
-                template, run_dir / SOUPS_DIR / "greedy", members[0], "greedy", greedy.selected, metrics
-            )
+            soups["greedy"] = _save(template, run, "greedy", members[0], greedy.selected, metrics, results)
             soups["greedy"].update(
                 {
                     "validation_accuracy": greedy.score,
@@ -242,8 +241,10 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
                 }
             )
         results["soups"] = soups
-        for kind, soup in soups.items():
-            soup_models[f"{kind} soup"] = load_member_model(soup["path"], device=device) if settings.ood else None
+        for kind in soups:
+            soup_models[f"{kind} soup"] = (
+                load_member_model(run.soup_dir(kind), device=device) if settings.ood else None
+            )
 
     basin: dict[str, Any] = {
         "distances": distance_report(members, manifest.base_models[0] if manifest.base_models else None)
@@ -298,16 +299,23 @@ def evaluate_run(run_dir: str | os.PathLike, settings: EvaluationSettings | None
             device=device,
             progress=settings.progress,
         )
-    output_dir = Path(settings.output_dir) if settings.output_dir else run_dir / EVAL_DIR
+    output_dir = Path(settings.output_dir) if settings.output_dir else run.eval_dir
     written = write_report(results, output_dir, manifest=manifest, plots=settings.plots)
     results["written"] = {k: str(v) for k, v in written.items()}
     return results
 
 
 def _save(
-    model: torch.nn.Module, path: Path, reference: Path, kind: str, selected: list[int], metrics: dict[str, float]
+    model: torch.nn.Module,
+    run: RunFolder,
+    kind: str,
+    reference: Path,
+    selected: list[int],
+    metrics: dict[str, float],
+    results: dict[str, Any],
 ) -> dict[str, Any]:
-    """Save the soup held by `model` (BatchNorm statistics included) and describe it."""
-    info = {"kind": kind, "members": selected, "metrics": metrics}
-    save_soup_model(model, path, reference, info=info, overwrite=True)
-    return {**info, "path": str(path)}
+    """Save the soup held by `model` (BatchNorm statistics included) to `soups/<kind>/`, replacing the previous one
+    crash-safely, and describe it (its `soup.json` carries the evaluation's id)."""
+    info = {"kind": kind, "members": selected, "metrics": metrics, "evaluation_id": results["evaluation_id"]}
+    path = save_soup_model(model, run.soup_dir(kind), reference, info=info, overwrite=True)
+    return {**info, "path": path.relative_to(run.root).as_posix()}

@@ -61,6 +61,8 @@ EVAL_JSON = "eval.json"
 EVAL_MD = "eval.md"
 SOUPS_DIR = "soups"
 SOUP_KINDS = ("uniform", "greedy")
+SOUP_INFO_NAME = "soup.json"
+PLOT_SUFFIX = ".png"
 PREDICTIONS_DIR = "predictions"
 LAUNCH_INFO_NAME = "launch.json"
 DEMO_RESULTS_NAME = "demo_results.json"
@@ -143,6 +145,44 @@ class RunFolder:
             raise ValueError(f"`soup` should be one of {', '.join(SOUP_KINDS)}, got {kind!r}.")
         return self.soups_dir / kind
 
+    def soup_info_path(self, kind: str) -> Path:
+        return self.soup_dir(kind) / SOUP_INFO_NAME
+
+    def readable_soup_dir(self, kind: str) -> Path | None:
+        """The soup of `kind` for a reader: `soups/<kind>/`, else its `.<kind>.old` copy (a kill between the two
+        renames of [`replace_directory`] leaves only that; the next writer's [`recover`] puts it back); else `None`."""
+        final = self.soup_dir(kind)
+        olds = sorted(self.soups_dir.glob(f".{kind}*{OLD_SUFFIX}"))  # `.X.old`, or `.X.<writer>.old`
+        for folder in (final, *olds):
+            if folder.is_dir() and not folder.is_symlink():
+                return folder
+        return None
+
+    def eval_plots(self) -> list[Path]:
+        """The plots `hf-starsse evaluate` wrote (`eval/*.png`), sorted."""
+        return sorted(p for p in self.eval_dir.glob(f"*{PLOT_SUFFIX}") if not p.name.startswith("."))
+
+    def check_regular_file(self, path: str | os.PathLike, what: str = "file") -> Path:
+        """Check that `path` is a regular file of this run reached without any symbolic link; return it.
+
+        Raises:
+            `ValueError`: one line naming the file, when it lies outside the run or a link is on its way.
+            `FileNotFoundError`: when it is not a file.
+        """
+        path = Path(path)
+        try:
+            relative = path.relative_to(self.root)
+        except ValueError:
+            raise ValueError(f"The {what} {path} is outside the run folder {self.root}.") from None
+        current = self.root
+        for part in relative.parts:
+            current = current / part
+            if part == ".." or current.is_symlink():
+                raise ValueError(f"The {what} {current} is a symbolic link or leaves the run folder: refused.")
+        if not path.is_file():
+            raise FileNotFoundError(f"The {what} {path} is missing.")
+        return path
+
     @property
     def predictions_dir(self) -> Path:
         return self.root / PREDICTIONS_DIR
@@ -217,14 +257,7 @@ class RunFolder:
             `ValueError`: one line naming the manifest entry, for anything that could read outside the run.
         """
         where = f"{self.manifest_path} {entry}.path"
-        if not isinstance(relpath, str) or not relpath:
-            raise ValueError(f"{where} should be a non-empty string, got {relpath!r}.")
-        if os.path.isabs(relpath) or relpath.startswith("~"):
-            raise ValueError(f"{where} should be relative to the run folder, got the absolute path {relpath!r}.")
-        parts = Path(relpath).parts
-        if ".." in parts or len(parts) != 2 or parts[0] != MEMBERS_DIR or not parts[1].startswith(MEMBER_PREFIX):
-            raise ValueError(f"{where} should be `{MEMBERS_DIR}/{MEMBER_PREFIX}<i>` inside the run, got {relpath!r}.")
-        folder = self.root / parts[0] / parts[1]
+        folder = self.root / check_member_relpath(relpath, where)
         for link in (self.members_dir, folder):
             if link.is_symlink():
                 raise ValueError(f"{where}: {link} is a symbolic link; member folders are real folders of the run.")
@@ -329,6 +362,22 @@ class RunFolder:
         for folder in self.folders_with_atomic_writes():
             changed += recover_replacements(folder, is_stale=lambda name: writer_is_gone(name, alone))
         return changed
+
+
+def check_member_relpath(relpath: Any, where: str) -> str:
+    """Check the syntax of a manifest member path (`members/member-<i>`, relative, no `..`) without touching the disk.
+
+    Used for local runs by [`RunFolder.resolve_member_path`] and, for a manifest downloaded from the Hub, on its own.
+    Returns the path with POSIX separators; raises a one-line `ValueError` starting with `where` otherwise.
+    """
+    if not isinstance(relpath, str) or not relpath:
+        raise ValueError(f"{where} should be a non-empty string, got {relpath!r}.")
+    if os.path.isabs(relpath) or relpath.startswith(("~", "/", "\\")):
+        raise ValueError(f"{where} should be relative to the run folder, got the absolute path {relpath!r}.")
+    parts = Path(relpath).parts
+    if ".." in parts or len(parts) != 2 or parts[0] != MEMBERS_DIR or not parts[1].startswith(MEMBER_PREFIX):
+        raise ValueError(f"{where} should be `{MEMBERS_DIR}/{MEMBER_PREFIX}<i>` inside the run, got {relpath!r}.")
+    return f"{parts[0]}/{parts[1]}"
 
 
 def validate_manifest_data(data: Any, path: Path) -> None:

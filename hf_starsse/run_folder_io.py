@@ -171,8 +171,15 @@ def replace_directory(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     old = final.with_name(f".{final.name}.{owner_tag()}{OLD_SUFFIX}")
     _remove(old)
     os.replace(final, old)
+    _crash_point(f"replace_directory@{final.parent.name}/{final.name}")  # test hook: between the two renames
     os.replace(tmp, final)
     _remove(old)
+
+
+def _crash_point(name: str) -> None:
+    from .file_utils import crash_point  # file_utils imports this module
+
+    crash_point(name)
 
 
 def _remove(path: Path) -> None:

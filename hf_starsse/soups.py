@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -16,11 +15,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .file_utils import atomic_directory, atomic_write_json
+from .architecture import CONFIG_NAME, check_same_architecture  # noqa: F401  (re-exported)
+from .file_utils import atomic_directory, atomic_write_json, crash_point
 from .manifest import MEMBER_INFO_NAME
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 SOUP_INFO_NAME = "soup.json"
 # files of a member folder that do not describe the architecture / preprocessing and are not copied into a soup
 _NOT_COPIED = {MEMBER_INFO_NAME, "training_args.bin", "trainer_state.json", "optimizer.pt", "scheduler.pt"}
@@ -40,7 +39,7 @@ def member_weights_file(member: str | os.PathLike) -> Path:
 def weight_keys(member: str | os.PathLike) -> set[str]:
     """The tensor names stored in a member's safetensors file."""
     path = member_weights_file(member)
-    with _open_weights(path) as f:
+    with open_weights(path) as f:
         return set(f.keys())
 
 
@@ -50,7 +49,7 @@ def _one_line(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _open_weights(path: Path) -> Iterator[Any]:
+def open_weights(path: Path) -> Iterator[Any]:
     """`safe_open` with a one-line error naming the file when it is not a readable safetensors file."""
     try:
         handle = safe_open(str(path), framework="pt")
@@ -60,36 +59,12 @@ def _open_weights(path: Path) -> Iterator[Any]:
         yield f
 
 
-def _get_tensor(f: Any, key: str, path: Path) -> torch.Tensor:
+def read_tensor(f: Any, key: str, path: Path) -> torch.Tensor:
+    """Tensor `key` of an `open_weights` handle, with a one-line error naming the file when it cannot be read."""
     try:
         return f.get_tensor(key)
     except Exception as err:
         raise ValueError(f"{path}: cannot read tensor `{key}` ({_one_line(err)}): the file is corrupt.") from None
-
-
-def _model_type(member: str | os.PathLike) -> str | None:
-    config = Path(member) / CONFIG_NAME
-    if not config.is_file():
-        return None
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config} is not valid JSON ({err}).") from None
-    return data.get("architecture") or data.get("model_type")
-
-
-def check_same_architecture(members: Sequence[str | os.PathLike]) -> None:
-    """Raise a one-line `ValueError` naming the first member whose `config.json` model type differs from member 0's."""
-    if not members:
-        raise ValueError("`members` should list at least one member, got an empty list.")
-    reference = _model_type(members[0])
-    for member in members[1:]:
-        other = _model_type(member)
-        if reference is not None and other is not None and other != reference:
-            raise ValueError(
-                f"{Path(member) / CONFIG_NAME} is a `{other}` model but {Path(members[0]) / CONFIG_NAME} is a "
-                f"`{reference}` model: not the same architecture."
-            )
 
 
 def uniform_soup(
@@ -128,7 +103,7 @@ def uniform_soup(
     dtypes: dict[str, torch.dtype] = {}
     reference: tuple[Path, set[str]] | None = None
     for i, (path, w) in enumerate(zip(paths, weights)):
-        with _open_weights(path) as f:
+        with open_weights(path) as f:
             keys = set(f.keys())
             if reference is None:
                 reference = (path, keys)
@@ -138,7 +113,7 @@ def uniform_soup(
                     f"{path} has other tensors than {reference[0]} (e.g. {diff}): not the same architecture."
                 )
             for key in sorted(keys):
-                tensor = _get_tensor(f, key, path)
+                tensor = read_tensor(f, key, path)
                 if i == 0:
                     dtypes[key] = tensor.dtype
                     if tensor.is_floating_point():
@@ -211,6 +186,7 @@ def save_soup_model(
         model.save_pretrained(tmp)
         _copy_processor_files(reference_member, tmp)
         atomic_write_json(tmp / SOUP_INFO_NAME, info or {})
+        crash_point("soup_written")  # test hook: killed after writing the new soup, before replacing the old one
     return output_dir
 
 

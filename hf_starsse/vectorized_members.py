@@ -43,6 +43,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset
 
 from .cyclic_schedule import get_cyclic_cosine_schedule
+from .seeds import member_data_seed
 
 # Optimizers whose update is elementwise given the (shared) learning rate and step count: running one of them over
 # stacked parameters is exactly running one per member.
@@ -111,7 +112,8 @@ def member_dataloaders(
         batch_size (`int`):
             Per-member batch size.
         seeds (`Sequence[int]`):
-            One seed per member: the data order of member i is drawn from `torch.Generator().manual_seed(seeds[i])`.
+            The members' seeds (`MemberPlan.seed`): the data order of member i is drawn, epoch after epoch, from one
+            generator seeded `hf_starsse.seeds.member_data_seed(seeds[i], i)`, like every other training path.
         drop_last (`bool`, *optional*, defaults to `True`):
             Drop the last incomplete batch (all members see the same batch sizes either way, since they share the
             dataset; kept `True` to match the usual training setup).
@@ -126,10 +128,10 @@ def member_dataloaders(
             batch_size=batch_size,
             shuffle=True,
             drop_last=drop_last,
-            generator=torch.Generator().manual_seed(int(seed)),
+            generator=torch.Generator().manual_seed(member_data_seed(int(seed), index)),
             **dataloader_kwargs,
         )
-        for seed in seeds
+        for index, seed in enumerate(seeds)
     ]
 
 

@@ -9,6 +9,7 @@ from hf_starsse.soups import uniform_soup
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -246,7 +247,7 @@ def test_evaluate_command_with_dataset_and_errors(bn_run, tmp_path, capsys):
     assert main(["evaluate", str(bn_run), "--split", "nope", "--no-progress"]) == 1
     assert "`split` should be one of ['test', 'train', 'validation']" in capsys.readouterr().err
     empty = tmp_path / "run_without_data"
-    empty.mkdir()
+    shutil.copytree(bn_run / "members", empty / "members")  # a run with its members but no eval_data/
     EnsembleManifest.load(bn_run).save(empty)
     assert main(["evaluate", str(empty), "--no-progress"]) == 1
     assert "No evaluation data: pass `--dataset PATH`" in capsys.readouterr().err

@@ -74,8 +74,10 @@ def test_round_trip_soup_member_ensemble_and_pipelines(hub, run_dir, tmp_path):
     for i in range(3):
         for name in ["config.json", "model.safetensors", "preprocessor_config.json", "member.json"]:
             assert f"members/member-{i}/{name}" in files
-    assert "eval.json" in files and "plots/accuracy_vs_size.png" in files
-    assert not any(p.startswith("checkpoints/") for p in files)
+    assert {"eval/eval.json", "eval/eval.md", "eval/metric_vs_size.png", "soup.json"} <= set(files)
+    assert not any(p.startswith(("checkpoints/", "soups/")) for p in files)
+    # the root model is the evaluated soup, byte for byte
+    assert files["model.safetensors"] == (run_dir / "soups" / "uniform" / "model.safetensors").read_bytes()
     assert _snapshot(run_dir) == before, "pushing must not modify the run folder"
 
     # Fresh cache: download with the real loaders.
@@ -298,9 +300,8 @@ def test_private_repo_needs_the_token_to_download(hub, run_dir, tmp_path):
 
 
 def test_a_recalibrated_soup_folder_in_the_run_is_published_as_is(hub, run_dir):
-    soup_dir = run_dir / "soup"
-    shutil.copytree(run_dir / "members" / "member-2", soup_dir)
-    (soup_dir / "member.json").unlink()
+    soup_dir = run_dir / "soups" / "uniform"
+    shutil.copy(run_dir / "members" / "member-2" / "model.safetensors", soup_dir / "model.safetensors")
     push_to_hub(run_dir, REPO, token=HUB_TOKEN, endpoint=hub.url)
     files = hub.files(REPO)
     assert files["model.safetensors"] == (soup_dir / "model.safetensors").read_bytes()

@@ -2,6 +2,7 @@
 
 from hf_starsse import EnsembleManifest, EnsembleTrainingArguments
 from hf_starsse.member_parallel import assign_members
+from hf_starsse.seeds import member_data_seed
 
 import json
 import os
@@ -69,6 +70,8 @@ def test_two_processes_split_all_local_de_members(tmp_path):
     assert reports[0]["trained"] == [0, 2] and reports[1]["trained"] == [1, 3]  # each process only its own
     assert [r["trainer_steps"] for r in reports] == [0, 0]  # no data-parallel phase at all
     manifest = EnsembleManifest.load(run)
+    # each process gave its members their own derived data seed, recorded in member.json
+    assert [m.data_seed for m in manifest.members] == [member_data_seed(m.seed, m.index) for m in manifest.members]
     assert [(m.index, m.metrics["process_index"], m.num_steps) for m in manifest.members] == [
         (0, 0, 8),
         (1, 1, 8),

@@ -87,24 +87,27 @@ def _one_line_error(excinfo) -> str:
 
 
 def test_mismatched_architectures_refused(three_members, tmp_path):
-    vit = tmp_path / "vit"
-    tiny_model("vit").save_pretrained(vit)
-    with pytest.raises(ValueError) as excinfo:
-        save_uniform_soup([three_members[0], vit], tmp_path / "soup")
-    message = _one_line_error(excinfo)
-    assert str(vit / "config.json") in message and "not the same architecture" in message
-    _assert_nothing_left(tmp_path, "soup")
-    # same model type, other shapes: the file and the tensor are named
     from transformers import ResNetConfig, ResNetForImageClassification
 
-    wide = tmp_path / "wide"
-    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 32], depths=[1, 1], num_labels=4)
-    ResNetForImageClassification(config).save_pretrained(wide)
-    with pytest.raises(ValueError) as excinfo:
-        save_uniform_soup([three_members[0], wide], tmp_path / "soup")
-    message = _one_line_error(excinfo)
-    assert str(wide / "model.safetensors") in message and "shape" in message
-    _assert_nothing_left(tmp_path, "soup")
+    tiny_model("vit").save_pretrained(tmp_path / "vit")
+    resnet = dict(num_channels=3, embedding_size=8, depths=[1, 1])
+    ResNetForImageClassification(ResNetConfig(**resnet, hidden_sizes=[8, 32], num_labels=4)).save_pretrained(
+        tmp_path / "wide"
+    )
+    ResNetForImageClassification(ResNetConfig(**resnet, hidden_sizes=[8, 16], num_labels=5)).save_pretrained(
+        tmp_path / "head"
+    )
+    cases = [
+        ("vit", "config.json", "not the same architecture"),  # another model type: the config is named
+        ("wide", "config.json", "(other sizes)"),  # same type, other sizes: the one architecture check names it
+        ("head", "model.safetensors", "shape"),  # same config sizes, other head: the file and the tensor are named
+    ]
+    for name, named_file, words in cases:
+        with pytest.raises(ValueError) as excinfo:
+            save_uniform_soup([three_members[0], tmp_path / name], tmp_path / "soup")
+        message = _one_line_error(excinfo)
+        assert str(tmp_path / name / named_file) in message and words in message, message
+        _assert_nothing_left(tmp_path, "soup")
 
 
 def test_empty_member_list_refused(tmp_path):

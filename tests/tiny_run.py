@@ -5,8 +5,10 @@ The lead can swap `make_tiny_run` for a real `EnsembleTrainer` run: the layout i
 
 from __future__ import annotations
 
-from hf_starsse.file_utils import atomic_write_json
+from hf_starsse.file_utils import atomic_write_json, atomic_write_text
 from hf_starsse.manifest import EnsembleManifest, MemberRecord, member_dir
+from hf_starsse.run_folder import RunFolder
+from hf_starsse.soups import save_soup, uniform_soup
 
 import os
 from pathlib import Path
@@ -105,29 +107,53 @@ def make_tiny_run(
     )
     manifest.save(run_dir)
     if with_eval:
-        atomic_write_json(
-            run_dir / "eval.json",
-            {
-                "dataset": "tiny-random",
-                "split": "test",
-                "ensemble": {"accuracy": 0.4, "nll": 1.2, "ece": 0.05},
-                "soup": {"accuracy": 0.375, "nll": 1.25},
-                "members": [{"accuracy": 0.25 + 0.05 * i, "nll": 1.3} for i in range(num_members)],
-                "by_size": [
-                    {"k": k, "ensemble": {"accuracy": 0.25 + 0.05 * k}, "soup": {"accuracy": 0.25 + 0.04 * k}}
-                    for k in range(1, num_members + 1)
-                ],
-            },
-        )
-        plots = run_dir / "plots"
-        plots.mkdir(exist_ok=True)
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(2, 2))
-        ax.plot([1, 2, 3], [0.3, 0.35, 0.4])
-        fig.savefig(plots / "accuracy_vs_size.png")
-        plt.close(fig)
+        write_tiny_evaluation(run_dir, num_members)
     return run_dir
+
+
+def write_tiny_evaluation(run_dir: Path, num_members: int) -> dict:
+    """What `hf-starsse evaluate` writes, with made-up figures: `eval/eval.json` + `eval.md` + a plot, and the uniform
+    soup in `soups/uniform/` (a ViT has no BatchNorm: the soup is the plain average) sharing its evaluation id."""
+    run = RunFolder(run_dir)
+    evaluation_id = "tiny-evaluation-0001"
+    soup_metrics = {"accuracy": 0.375, "nll": 1.25, "ece": 0.04, "brier": 0.7}
+    members = run.member_paths(run.read_manifest())
+    info = {"kind": "uniform", "members": list(range(num_members)), "metrics": soup_metrics}
+    save_soup(
+        uniform_soup(members), run.soup_dir("uniform"), members[0], info={**info, "evaluation_id": evaluation_id}
+    )
+    results = {
+        "evaluation_id": evaluation_id,
+        "run": str(run_dir),
+        "strategy": "star_sse",
+        "num_members": num_members,
+        "data": {"path": str(run_dir.parent / "tiny-random"), "test": "test", "bn_recalibration": None},
+        "test": {
+            "members": [
+                {"accuracy": 0.25 + 0.05 * i, "nll": 1.3, "ece": 0.1, "brier": 0.8} for i in range(num_members)
+            ],
+            "member_names": [f"member-{i}" for i in range(num_members)],
+            "ensemble": {"accuracy": 0.4, "nll": 1.2, "ece": 0.05, "brier": 0.65},
+            "diversity": 31.5,
+            "quality_vs_size": [
+                {"size": k, "accuracy": 0.25 + 0.05 * k, "nll": 1.3 - 0.01 * k, "diversity": 10.0 * (k - 1)}
+                for k in range(1, num_members + 1)
+            ],
+            "num_samples": 40,
+        },
+        "soups": {"uniform": {**info, "path": "soups/uniform"}},
+        "soup_vs_size": [{"size": k, "accuracy": 0.25 + 0.04 * k, "nll": 1.3} for k in range(1, num_members + 1)],
+        "plots": ["metric_vs_size.png"],
+    }
+    atomic_write_json(run.eval_json, results)
+    atomic_write_text(run.eval_md, "## Evaluation\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([1, 2, 3], [0.3, 0.35, 0.4])
+    fig.savefig(run.eval_dir / "metric_vs_size.png")
+    plt.close(fig)
+    return results

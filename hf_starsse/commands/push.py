@@ -9,15 +9,29 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "push",
-        help="Publish a run to the Hugging Face Hub: the soup at the root, members in members/, a model card.",
+        help="Publish an evaluated run to the Hugging Face Hub: the soup at the root, members, eval, a model card.",
         description=(
-            "Publish an ensemble run folder to the Hub in one commit: the uniform soup at the repository root "
-            "(loadable by pipeline('image-classification', model=REPO_ID)), each member in members/member-<i>/, "
-            "the manifest, evaluation results, plots and a model card."
+            "Publish an ensemble run folder to the Hub in one commit: the soup that `hf-starsse evaluate` wrote and "
+            "evaluated (soups/uniform, BatchNorm recalibrated; --soup greedy for the greedy one) at the repository "
+            "root (loadable by pipeline('image-classification', model=REPO_ID)), each member in members/member-<i>/, "
+            "the manifest, the evaluation results and plots, and a model card built from them. Only the layout's "
+            "files are uploaded; nothing is created on the Hub before the local checks pass."
         ),
     )
     parser.add_argument("run", help="The run folder (with ensemble.json and members/).")
     parser.add_argument("repo_id", metavar="REPO_ID", help="Target repository, e.g. `user/my-starsse-vit`.")
+    parser.add_argument(
+        "--soup",
+        choices=("uniform", "greedy"),
+        default="uniform",
+        help="The evaluated soup at the repository root (default: uniform; greedy needs `evaluate --soup greedy`).",
+    )
+    parser.add_argument(
+        "--average-members",
+        action="store_true",
+        help="Publish the plain average of the members at the root instead (e.g. a run never evaluated); its "
+        "BatchNorm statistics are averaged, not recalibrated.",
+    )
     parser.add_argument("--private", action="store_true", help="Create the repository as private.")
     parser.add_argument("--revision", default=None, help="Branch to push to (created if missing; default main).")
     parser.add_argument(
@@ -39,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         result = push_to_hub(
             args.run,
             args.repo_id,
+            soup=args.soup,
+            average_members=args.average_members,
             private=args.private,
             revision=args.revision,
             token=args.token,

@@ -21,6 +21,7 @@ from ..bn_recalibration import has_batchnorm, recalibrate_batchnorm
 from ..file_utils import atomic_directory, atomic_write_json, crash_point
 from ..manifest import EnsembleManifest, MemberRecord
 from ..run_folder import MEMBER_INFO_NAME, RunFolder
+from ..seeds import member_data_seed
 
 # files of a member folder that `save_pretrained` writes itself (or that are ours): never copied from member 0
 _MODEL_FILES = ("config.json", "generation_config.json", MEMBER_INFO_NAME)
@@ -136,8 +137,9 @@ def load_member0(member0: str | os.PathLike | PreTrainedModel) -> tuple[PreTrain
 def batches(
     dataset, batch_size: int, seed: int, device: torch.device, collate_fn: Callable | None = None
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless shuffled dict batches (seeded order, reshuffled each epoch), moved to `device`."""
-    generator = torch.Generator().manual_seed(seed)
+    """Endless shuffled dict batches, moved to `device`: one generator seeded `member_data_seed(seed, 0)` draws a new
+    order every epoch (the trajectory continues member 0; its data stream stays apart from the run's other streams)."""
+    generator = torch.Generator().manual_seed(member_data_seed(seed, 0))
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -253,6 +255,7 @@ class RunWriter:
             )
         self.source_dir = source_dir
         self.base_model = base_model
+        self.data_seed = member_data_seed(config.seed, 0)  # the order `batches(..., config.seed, ...)` draws
         hyperparameters = {"method": strategy, **config.to_dict(), **(extra_hyperparameters or {})}
         self.manifest = EnsembleManifest(
             strategy=strategy,
@@ -283,6 +286,7 @@ class RunWriter:
             index=index,
             path=self.run.member_relpath(index),
             seed=seed,
+            data_seed=self.data_seed,
             parent=None,
             init_from=self.base_model,
             learning_rate=float(learning_rate),

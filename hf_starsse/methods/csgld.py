@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from ..seeds import derive_seed
 from ._common import (
     BuildOutput,
     PosthocConfig,
@@ -141,7 +142,7 @@ def build_csgld(
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config)
-    noise_generator = torch.Generator().manual_seed(config.seed + 1)
+    noise_generator = torch.Generator().manual_seed(derive_seed(config.seed, "noise"))
     per_epoch = config.steps_per_epoch(len(train_dataset))
     trace: list[dict] = []
     writer.start()

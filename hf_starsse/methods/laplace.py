@@ -188,6 +188,7 @@ def build_laplace(
     model = copy.deepcopy(model)
     check_laplace_supported(model, config)
     writer = RunWriter(output_dir, "laplace", config, name, source)
+    writer.data_seed = None  # no shuffled data: the fit reads the training set in order
     writer.start()
     la, wrapped = fit_laplace(model, train_dataset, config, data_collator)
     params = posterior_parameters(la, wrapped)
