@@ -22,7 +22,7 @@ from .efficientnet_lite0 import build_efficientnet_lite0_checkpoint
 from .ensemble import Ensemble, evaluate_model, load_member_model
 from .eval_data import make_eval_dataloader
 from .file_utils import atomic_write_json, atomic_write_text
-from .manifest import EnsembleManifest, member_dir
+from .manifest import EnsembleManifest
 from .methods import (
     CSGLDConfig,
     FGEConfig,
@@ -37,7 +37,7 @@ from .methods import (
     laplace_predictive_metrics,
 )
 from .methods._common import _recalibrate_bn
-from .run_folder import LAPLACE_PREDICTIVE_NAME
+from .run_folder import LAPLACE_PREDICTIVE_NAME, RunFolder
 from .soups import load_soup_into, uniform_soup
 
 TRAINER_METHODS = ("local_de", "sse", "star_sse")
@@ -232,7 +232,7 @@ def run_compare(config: CompareConfig) -> list[dict]:
     for method in [m for m in TRAINER_METHODS if m in config.methods]:
         t = time.time()
         reuse = method in ("sse", "star_sse") and "local_de" in run_dirs
-        first = member_dir(run_dirs["local_de"], 0) if reuse else None
+        first = RunFolder(run_dirs["local_de"]).member_dir(0) if reuse else None
         run_dirs[method] = _trainer_run(config, method, checkpoint, processor, data, config.num_members, first)
         times[method] = time.time() - t
         if first is not None:  # charged its share of Local DE's time and steps, as if trained here
@@ -243,12 +243,13 @@ def run_compare(config: CompareConfig) -> list[dict]:
     if posthoc:
         source = next((m for m in ("local_de", "star_sse", "sse") if m in run_dirs), None)
         if source is not None:  # same recipe and seed as a fresh member 0: reuse it, at its share of the time
-            member0, member0_time = member_dir(run_dirs[source], 0), times[source] / config.num_members
+            member0_run, member0_time = RunFolder(run_dirs[source]), times[source] / config.num_members
         else:
             t = time.time()
-            member0 = member_dir(_trainer_run(config, "local_de", checkpoint, processor, data, 1), 0)
+            member0_run = RunFolder(_trainer_run(config, "local_de", checkpoint, processor, data, 1))
             member0_time = time.time() - t
-        member0_steps = EnsembleManifest.load(member0.parent.parent).members[0].num_steps
+        member0 = member0_run.member_dir(0)
+        member0_steps = member0_run.read_manifest().members[0].num_steps
         for method in posthoc:
             t = time.time()
             run_dirs[method] = _posthoc_run(config, method, member0, data["train"], data["test"])

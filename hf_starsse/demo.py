@@ -23,9 +23,9 @@ from .ensemble_trainer import EnsembleTrainer
 from .eval_data import make_eval_dataloader
 from .file_utils import atomic_write_json
 from .metrics import compute_metrics
-from .run_folder import RunFolder
+from .run_folder import DEMO_RESULTS_NAME, RunFolder
 
-RESULTS_NAME = "demo_results.json"
+RESULTS_NAME = DEMO_RESULTS_NAME  # also the name of the summary in the demo's output folder
 
 
 @dataclass
@@ -201,9 +201,10 @@ def run_demo(config: DemoConfig) -> list[dict]:
     results, memory = [], {}
     for strategy in config.strategies:
         run_dir = out / strategy
-        if not (run_dir / "eval_data").is_dir():  # raw held-out images for `hf-starsse evaluate RUN` (and --ood)
+        run = RunFolder(run_dir)
+        if not run.eval_data_dir.is_dir():  # raw held-out images for `hf-starsse evaluate RUN` (and --ood)
             held_out = DatasetDict({"validation": raw["validation"], "test": raw["test"]})
-            held_out.save_to_disk(str(run_dir / "eval_data"))
+            held_out.save_to_disk(str(run.eval_data_dir))
         first_member = None
         if strategy in ("sse", "star_sse") and "local_de" in [r["strategy"] for r in results]:
             first_member = str(RunFolder(out / "local_de").member_dir(0))  # same recipe and seed: reuse it
@@ -212,7 +213,7 @@ def run_demo(config: DemoConfig) -> list[dict]:
             first_member=first_member,
         )  # fmt: skip
         res = evaluate_run(run_dir, memory)
-        atomic_write_json(run_dir / RESULTS_NAME, res)
+        atomic_write_json(run.demo_results_path, res)
         results.append(res)
         print(
             f"[demo] {strategy}: ensemble test accuracy {res['ensemble']['accuracy']:.4f} vs mean member "

@@ -67,6 +67,11 @@ class EnsembleTrainingArguments(TrainingArguments):
             member 0 instead of training it. It is copied into `members/member-0` (the run stays self-contained),
             recorded with its source and the sha256 of its weights, and only the cycles are trained. The cycle LR and
             length ratios still refer to `learning_rate` and `num_train_epochs` (set them to how it was fine-tuned).
+        member_indices (`list[int]` or `str`, *optional*):
+            Train only these members (`[3, 4]`, or `"3,4"` on the command line), e.g. one per job of a cluster job
+            array sharing the run folder. Each must depend on no member still untrained: any Local / Global DE member,
+            StarSSE members >= 1 once member 0 is finished (or listed too), SSE member i once member i-1 is.
+            Several processes or machines may train different members into one run folder at the same time.
     """
 
     ensemble_strategy: str = field(
@@ -145,7 +150,16 @@ class EnsembleTrainingArguments(TrainingArguments):
         },
     )
 
+    member_indices: list[int] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Train only these members, e.g. `3,4` (one job per member of a cluster job array sharing the "
+            "run folder); each must depend on no untrained member (StarSSE members >= 1 once member 0 exists)."
+        },
+    )
+
     def __post_init__(self):
+        self.member_indices = _parse_member_indices(self.member_indices, self.num_members)
         self._validate_ensemble_fields()
         super().__post_init__()
 
@@ -287,6 +301,25 @@ class EnsembleTrainingArguments(TrainingArguments):
             "max_grad_norm": self.max_grad_norm,
             "weight_decay_on_norm_and_bias": self.weight_decay_on_norm_and_bias,
         }
+
+
+def _parse_member_indices(value: list[int] | str | None, num_members: int) -> list[int] | None:
+    """`"3,4"` / `[3, 4]` -> `[3, 4]`, checked: distinct integers in `[0, num_members)`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+    try:
+        indices = [int(item) for item in items if not isinstance(item, bool) and int(item) == float(item)]
+    except (TypeError, ValueError):
+        indices = []
+    if len(indices) != len(items) or not indices:
+        raise ValueError(f"`member_indices` should be member indices like `3,4`, got {value!r}.")
+    bad = [i for i in indices if not 0 <= i < (num_members if isinstance(num_members, int) else 0)]
+    if bad:
+        raise ValueError(f"`member_indices` should be in [0, {num_members}) (`num_members`), got {bad[0]}.")
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"`member_indices` should be distinct, got {value!r}.")
+    return sorted(indices)
 
 
 def _exclusive(args: EnsembleTrainingArguments, *names: str) -> None:

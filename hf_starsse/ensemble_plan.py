@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 from .cyclic_schedule import get_cyclic_cosine_schedule
 from .ensemble_config import EnsembleTrainingArguments
+from .run_folder import member_name
 from .seeds import member_data_seed
 
 
@@ -111,7 +112,7 @@ def plan_members(
                 i,
                 seeds[i],
                 parent,
-                f"member-{parent}",
+                member_name(parent),
                 schedule.num_cycle_steps,
                 steps_per_epoch,
                 lr * schedule.cycle_lr_ratio,

@@ -1,12 +1,13 @@
 """`EnsembleTrainer`: a `transformers.Trainer` whose `train()` produces a whole ensemble.
 
 Every member is one training phase of the underlying `Trainer` (fresh optimizer, the phase's slice of the run's
-cyclic schedule, the member's seed). Finished members are written atomically to `output_dir/members/member-<i>/`
-and recorded in `output_dir/ensemble.json`; running the same command again resumes after the last finished member.
+cyclic schedule, the member's seed). Finished members are written atomically to their member folder of the run
+([`RunFolder`]) and indexed in its manifest; running the same command again resumes after the finished members.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
@@ -22,7 +23,6 @@ import torch
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import get_last_checkpoint, set_seed
 
-from . import __version__
 from .architecture import check_same_architecture
 from .divergence import (
     MemberDivergedError,
@@ -33,18 +33,13 @@ from .divergence import (
 )
 from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_plan import MemberPlan, SchedulePlan, plan_members, plan_schedule
-from .file_utils import atomic_directory, atomic_write_json, crash_point, remove_stale_temporaries
-from .manifest import (
-    CHECKPOINTS_DIR,
-    MANIFEST_NAME,
-    MEMBER_INFO_NAME,
-    MEMBERS_DIR,
-    EnsembleManifest,
-    MemberRecord,
-    member_dir,
-)
+from .ensemble_run import open_run, run_header, save_checkpoint_atomically, select_members
+from .file_utils import atomic_directory, atomic_write_json, crash_point
+from .fingerprints import checkpoint_fingerprint, data_fingerprint, labels_fingerprint, model_fingerprint
+from .manifest import EnsembleManifest, MemberRecord
 from .member_overhead import without_full_gc_on_cpu
 from .quiet_loading import expected_new_head
+from .run_folder import RunFolder, member_name
 from .training_checks import (
     check_output_dir_writable,
     check_train_dataset,
@@ -91,6 +86,9 @@ class EnsembleTrainer(Trainer):
             Builds a fresh model from the pre-trained checkpoint; called after seeding with the member's seed, so a
             new classifier head is initialised per member. Takes no argument, or, for Global DE, the checkpoint to
             load (`model_init(checkpoint)`).
+        train_data_info (`dict`, *optional*):
+            What the training data is (`source`, `split`, `fingerprint`, ...), recorded in the manifest's data
+            fingerprint instead of what `train_dataset` tells (see [`hf_starsse.fingerprints.data_fingerprint`]).
         **kwargs:
             Everything else a `Trainer` takes (`train_dataset`, `eval_dataset`, `processing_class`, `data_collator`,
             `compute_metrics`, `callbacks`, ...).
@@ -101,6 +99,7 @@ class EnsembleTrainer(Trainer):
         model: PreTrainedModel | torch.nn.Module | None = None,
         args: EnsembleTrainingArguments | None = None,
         model_init: Callable[..., PreTrainedModel] | None = None,
+        train_data_info: dict[str, Any] | None = None,
         **kwargs,
     ):
         if not isinstance(args, EnsembleTrainingArguments):
@@ -128,6 +127,13 @@ class EnsembleTrainer(Trainer):
             set_seed(args.seeds[0])
             model = self._init_model(args.pretrained_checkpoints[0] if strategy == "global_de" else None)
         self._base_model_name = _model_name(model) if strategy != "global_de" else args.pretrained_checkpoints[0]
+        self._base_model_fingerprint = (
+            model_fingerprint(model)
+            if strategy != "global_de"
+            else [checkpoint_fingerprint(c) for c in args.pretrained_checkpoints]
+        )
+        self._labels_fingerprint = labels_fingerprint(model)
+        self.train_data_info = train_data_info
         # `push_to_hub` publishes the whole run once at the end (hf_starsse.hub), not each member's checkpoints
         self._push_run_at_end = bool(args.push_to_hub)
         args.push_to_hub = False
@@ -174,56 +180,68 @@ class EnsembleTrainer(Trainer):
             [`EnsembleTrainOutput`]
         """
         args = self.args
-        run_dir = Path(args.output_dir)
-        self._run_output_dir = str(run_dir)
+        run = RunFolder(args.output_dir)
+        self._run_output_dir = str(run.root)
         check_train_dataset(self.train_dataset)
         if args.should_save:
-            check_output_dir_writable(run_dir)
+            check_output_dir_writable(run.root)
         plans = self.plan()
         warn_small_batchnorm_tail(self)
-        manifest = self._open_manifest(run_dir)
-        finished = {m.index for m in manifest.members}
-        output = EnsembleTrainOutput(run_dir=str(run_dir), manifest=manifest)
-        if self.args.should_save:
-            remove_stale_temporaries(run_dir / MEMBERS_DIR)
-        self.accelerator.wait_for_everyone()
-        parallel = args.member_parallel and args.world_size > 1
-        for plan in plans:
-            if plan.index in finished:
-                logger.info(f"member-{plan.index} of {args.num_members}: finished on disk, kept as is.")
-                output.skipped.append(plan.index)
-                continue
-            if plan.index == 0 and args.first_member is not None:  # member 0 is given: copied, not trained
-                self._adopt_first_member(plan, manifest)
-                output.adopted.append(0)
-                continue
-            if parallel and self._is_independent(plan):
-                continue  # trained below, by the process it is assigned to
-            check_parent_usable(plan, manifest)
-            _log_progress(args, plan)
-            try:
-                metrics = self._train_member(plan, resume_from_checkpoint, trial, ignore_keys_for_eval)
-                record = self._save_member(plan, metrics, manifest)
-            except MemberDivergedError as err:
-                if args.on_divergence == "stop":
-                    raise
-                record = self._save_diverged_member(plan, err, manifest)
-            except Exception as err:
-                if is_write_error(err):
-                    raise write_error(err, f"member {plan.index} into {member_dir(run_dir, plan.index)}") from err
-                raise
-            if isinstance(resume_from_checkpoint, str):
-                resume_from_checkpoint = None  # a checkpoint path belongs to the first member trained by this call
-            output.trained.append(plan.index)
-            _log_member_done(args, record)
-            output.metrics[f"member-{plan.index}"] = record.metrics
-        if parallel:
-            pending = [p for p in plans if p.index not in finished and self._is_independent(p)]
-            self._train_members_in_parallel(pending, manifest, output)
+        with run.writing():  # recovers what killed writers left; marks this process as a writer of the run
+            self._header = self._run_header()
+            manifest = open_run(run, self._header, plans, write=args.should_save)
+            finished = {m.index for m in manifest.members}
+            todo = select_members(args, plans, finished, run)
+            output = EnsembleTrainOutput(run_dir=str(run.root), manifest=manifest)
+            selected = set(args.member_indices) if args.member_indices is not None else {p.index for p in plans}
+            output.skipped = sorted(finished & selected)
+            for index in output.skipped:
+                logger.info(f"{member_name(index)} of {args.num_members}: finished on disk, kept as is.")
+            self.accelerator.wait_for_everyone()
+            parallel = args.member_parallel and args.world_size > 1
+            for plan in todo:
+                if plan.index == 0 and args.first_member is not None:  # member 0 is given: copied, not trained
+                    self._adopt_first_member(plan, output)
+                    output.adopted.append(0)
+                    continue
+                if parallel and self._is_independent(plan):
+                    continue  # trained below, by the process it is assigned to
+                check_parent_usable(plan, output.manifest)
+                _log_progress(args, plan)
+                with self._member_lock(run, plan.index):
+                    if args.world_size == 1 and run.member_info_path(plan.index).is_file():
+                        output.skipped.append(plan.index)  # finished by another job since this one started
+                        continue
+                    record = self._train_and_save_member(
+                        plan, output, resume_from_checkpoint, trial, ignore_keys_for_eval
+                    )
+                if isinstance(resume_from_checkpoint, str):
+                    resume_from_checkpoint = None  # a checkpoint path belongs to the first member trained by this call
+                output.trained.append(plan.index)
+                _log_member_done(args, record)
+                output.metrics[member_name(plan.index)] = record.metrics
+            if parallel:
+                self._train_members_in_parallel([p for p in todo if self._is_independent(p)], output)
         self._phase = None
         if self._push_run_at_end:
-            self._push_run(run_dir)
+            self._push_run(run.root)
         return output
+
+    def _member_lock(self, run: RunFolder, index: int):
+        """The member's lock on the process that saves (one job trains a member at a time)."""
+        return run.member_lock(index) if self.args.should_save else contextlib.nullcontext()
+
+    def _run_header(self) -> EnsembleManifest:
+        args = self.args
+        base_models = (
+            list(args.pretrained_checkpoints) if args.ensemble_strategy == "global_de" else [self._base_model_name]
+        )
+        fingerprints = {
+            "base_model": self._base_model_fingerprint,
+            "train_data": data_fingerprint(self.train_dataset, self.train_data_info),
+            "labels": self._labels_fingerprint,
+        }
+        return run_header(args, _jsonable(args.ensemble_hyperparameters()), base_models, fingerprints)
 
     def _push_run(self, run_dir: Path) -> None:
         from .hub import push_run_if_requested
@@ -250,7 +268,7 @@ class EnsembleTrainer(Trainer):
         # each member: its own data order (epoch e: `plan.data_seed + e`), its own length and Trainer checkpoint folder
         self.accelerator.dataloader_config.data_seed = plan.data_seed
         saved = {k: getattr(args, k) for k in ("seed", "max_steps", "output_dir")}
-        checkpoint_dir = str(Path(self._run_output_dir) / CHECKPOINTS_DIR / f"member-{plan.index}")
+        checkpoint_dir = str(RunFolder(self._run_output_dir).member_checkpoints_dir(plan.index))
         try:
             args.seed, args.max_steps, args.output_dir = plan.seed, plan.num_steps, checkpoint_dir
             resume = resume_from_checkpoint
@@ -272,21 +290,39 @@ class EnsembleTrainer(Trainer):
             self._optimizer_states = {plan.index: _to_cpu(self.optimizer.state_dict())}
         return metrics
 
+    def _train_and_save_member(
+        self, plan: MemberPlan, output: EnsembleTrainOutput, resume_from_checkpoint, trial, ignore_keys_for_eval
+    ) -> MemberRecord:
+        """Train one member and save it; a divergence stops the run or is recorded (`on_divergence`), a write error
+        becomes one line naming the member folder."""
+        try:
+            metrics = self._train_member(plan, resume_from_checkpoint, trial, ignore_keys_for_eval)
+            return self._save_member(plan, metrics, output)
+        except MemberDivergedError as err:
+            if self.args.on_divergence == "stop":
+                raise
+            record = self._record_diverged_member(plan, err, output, write=self.args.should_save)
+            self.accelerator.wait_for_everyone()
+            return record
+        except Exception as err:
+            if is_write_error(err):
+                folder = RunFolder(self._run_output_dir).member_dir(plan.index)
+                raise write_error(err, f"member {plan.index} into {folder}") from err
+            raise
+
     def _is_independent(self, plan: MemberPlan) -> bool:
         """Members that depend on no other member still to be trained (they can train in parallel)."""
         return self.args.ensemble_strategy in ("local_de", "global_de") or (
             self.args.ensemble_strategy == "star_sse" and plan.parent == 0
         )
 
-    def _train_members_in_parallel(
-        self, pending: list[MemberPlan], manifest: EnsembleManifest, output: EnsembleTrainOutput
-    ) -> None:
-        """Each process trains and writes its own members (round-robin); the main process then records them all."""
+    def _train_members_in_parallel(self, pending: list[MemberPlan], output: EnsembleTrainOutput) -> None:
+        """Each process trains and writes its own members (round-robin), each followed by an index rebuild."""
         from accelerate.utils import gather_object
 
         from .member_parallel import assign_members, save_pretrained_on_this_process, train_member_locally
 
-        args = self.args
+        args, run = self.args, RunFolder(self._run_output_dir)
         self.model_wrapped = self.model  # drop the data-parallel wrapper of the previous phase (and its hooks)
         self.accelerator.free_memory()
         mine = assign_members([p.index for p in pending], args.world_size, args.process_index)
@@ -295,46 +331,42 @@ class EnsembleTrainer(Trainer):
             if plan.index not in mine or failures:  # after a divergence with `on_divergence="stop"`: no more
                 continue
             _log_progress(args, plan, force=True)
-            set_seed(plan.seed)
-            self._load_member_start(plan)
-            try:
-                metrics = train_member_locally(self, self.model, plan, self._schedule)
-            except MemberDivergedError as err:
-                if args.on_divergence == "stop":
-                    failures.append(err.fields())
-                else:
-                    record = self._member_record(plan, {})
-                    record.diverged = err.info()
-                    logger.warning(f"{err} Recorded as diverged (`on_divergence='skip'`).")
-                    write_diverged_member(self._run_output_dir, record)
-                    output.trained.append(plan.index)
-                continue
-            metrics.update({"process_index": args.process_index, "world_size": args.world_size})
-            record = self._member_record(plan, metrics)
-            with atomic_directory(member_dir(self._run_output_dir, plan.index)) as tmp:
-                save_pretrained_on_this_process(self.model, tmp)
-                if self.processing_class is not None:
-                    self.processing_class.save_pretrained(tmp)
-                atomic_write_json(tmp / MEMBER_INFO_NAME, record.to_dict())
+            with run.member_lock(plan.index):
+                set_seed(plan.seed)
+                self._load_member_start(plan)
+                try:
+                    metrics = train_member_locally(self, self.model, plan, self._schedule)
+                except MemberDivergedError as err:
+                    if args.on_divergence == "stop":
+                        failures.append(err.fields())
+                    else:
+                        self._record_diverged_member(plan, err, output, write=True)
+                        output.trained.append(plan.index)
+                    continue
+                metrics.update({"process_index": args.process_index, "world_size": args.world_size})
+                record = self._member_record(plan, metrics)
+                with atomic_directory(run.member_dir(plan.index)) as tmp:
+                    save_pretrained_on_this_process(self.model, tmp)
+                    if self.processing_class is not None:
+                        self.processing_class.save_pretrained(tmp)
+                    atomic_write_json(tmp / run.member_info_path(plan.index).name, record.to_dict())
+                crash_point("member_renamed")
+                run.rebuild_index(self._header)
             output.trained.append(plan.index)
-            output.metrics[f"member-{plan.index}"] = record.metrics
+            output.metrics[member_name(plan.index)] = record.metrics
             _log_member_done(args, record, force=True)
         self.accelerator.wait_for_everyone()
-        infos = [member_dir(self._run_output_dir, p.index) / MEMBER_INFO_NAME for p in pending]
-        records = [MemberRecord.from_dict(json.loads(info.read_text())) for info in infos if info.is_file()]
-        manifest.members = sorted([*manifest.members, *records], key=lambda m: m.index)
-        if args.should_save:
-            manifest.save(self._run_output_dir)
+        output.manifest = run.read_manifest()
         failures = gather_object(failures) if args.world_size > 1 else failures
         self.accelerator.wait_for_everyone()
         if failures:
             raise MemberDivergedError(**min(failures, key=lambda f: f["member"]))
 
-    def _adopt_first_member(self, plan: MemberPlan, manifest: EnsembleManifest) -> MemberRecord:
+    def _adopt_first_member(self, plan: MemberPlan, output: EnsembleTrainOutput) -> MemberRecord:
         """Copy `args.first_member` into `members/member-0` and record it (source, sha256); nothing is trained."""
         from .first_member import adopt_first_member
 
-        return adopt_first_member(self, plan, manifest)
+        return adopt_first_member(self, plan, output)
 
     def _load_member_start(self, plan: MemberPlan) -> None:
         """Put the member's starting weights into `self.model`."""
@@ -351,7 +383,8 @@ class EnsembleTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         state = self._parent_states.get(plan.parent)
         if state is None:  # resumed run: the parent is on disk (from_pretrained maps saved key names back)
-            state = type(model).from_pretrained(member_dir(self._run_output_dir, plan.parent)).state_dict()
+            parent_dir = RunFolder(self._run_output_dir).member_dir(plan.parent)
+            state = type(model).from_pretrained(parent_dir).state_dict()
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if not _is_tied(model, k)]:
             raise ValueError(
@@ -392,6 +425,7 @@ class EnsembleTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self._phase is not None:
             raise_if_nonfinite_loss(self, loss, self._phase)
+        crash_point("member_step")  # tests: kill during a member's training (`member_step:<n>`: the n-th step)
         return loss
 
     def create_optimizer(self, model=None):
@@ -402,8 +436,9 @@ class EnsembleTrainer(Trainer):
         return optimizer
 
     # ----- saving ------------------------------------------------------------------------------------------------
-    def _save_member(self, plan: MemberPlan, metrics: dict, manifest: EnsembleManifest) -> MemberRecord:
-        run_dir = Path(self._run_output_dir)
+    def _save_member(self, plan: MemberPlan, metrics: dict, output: EnsembleTrainOutput) -> MemberRecord:
+        """Rename the member's folder into place, then rebuild the index from the member folders."""
+        run = RunFolder(self._run_output_dir)
         record = self._member_record(plan, metrics)
         state_dict = self.accelerator.get_state_dict(self.model_wrapped)  # collective under FSDP / DeepSpeed
         raise_if_nonfinite_weights(self, self.accelerator.unwrap_model(self.model).state_dict(), plan)
@@ -411,42 +446,40 @@ class EnsembleTrainer(Trainer):
             self._parent_states = {plan.index: _to_cpu(self.accelerator.unwrap_model(self.model).state_dict())}
         if self.args.should_save:
             model = self.accelerator.unwrap_model(self.model)
-            with atomic_directory(member_dir(run_dir, plan.index)) as tmp:
+            with atomic_directory(run.member_dir(plan.index)) as tmp:
                 model.save_pretrained(tmp, state_dict=state_dict)
                 if self.processing_class is not None:
                     self.processing_class.save_pretrained(tmp)
-                atomic_write_json(tmp / MEMBER_INFO_NAME, record.to_dict())
-            crash_point("member_renamed")  # test hook: the member folder is in place, the manifest not updated yet
-            manifest.members = sorted([*manifest.members, record], key=lambda m: m.index)
-            manifest.save(run_dir)
-            shutil.rmtree(run_dir / CHECKPOINTS_DIR / f"member-{plan.index}", ignore_errors=True)
+                atomic_write_json(tmp / run.member_info_path(plan.index).name, record.to_dict())
+            crash_point("member_renamed")
+            output.manifest = run.rebuild_index(self._header)
+            shutil.rmtree(run.member_checkpoints_dir(plan.index), ignore_errors=True)
         else:
-            manifest.members = sorted([*manifest.members, record], key=lambda m: m.index)
+            output.manifest.members = sorted([*output.manifest.members, record], key=lambda m: m.index)
         self.accelerator.wait_for_everyone()
-        logger.info(f"member {plan.index}: saved to {member_dir(run_dir, plan.index)}")
+        logger.info(f"member {plan.index}: saved to {run.member_dir(plan.index)}")
         return record
 
-    def _save_diverged_member(
-        self, plan: MemberPlan, err: MemberDivergedError, manifest: EnsembleManifest
+    def _record_diverged_member(
+        self, plan: MemberPlan, err: MemberDivergedError, output: EnsembleTrainOutput, write: bool
     ) -> MemberRecord:
         """`on_divergence="skip"`: record the member as diverged (its folder holds only `member.json`)."""
+        run = RunFolder(self._run_output_dir)
         record = self._member_record(plan, {})
         record.diverged = err.info()
         logger.warning(f"{err} Recorded as diverged (`on_divergence='skip'`).")
-        if self.args.should_save:
-            run_dir = Path(self._run_output_dir)
-            write_diverged_member(run_dir, record)
-            shutil.rmtree(run_dir / CHECKPOINTS_DIR / f"member-{plan.index}", ignore_errors=True)
-        manifest.members = sorted([*manifest.members, record], key=lambda m: m.index)
-        if self.args.should_save:
-            manifest.save(self._run_output_dir)
-        self.accelerator.wait_for_everyone()
+        if write:
+            write_diverged_member(run.root, record)
+            shutil.rmtree(run.member_checkpoints_dir(plan.index), ignore_errors=True)
+            output.manifest = run.rebuild_index(self._header)
+        else:
+            output.manifest.members = sorted([*output.manifest.members, record], key=lambda m: m.index)
         return record
 
     def _member_record(self, plan: MemberPlan, metrics: dict) -> MemberRecord:
         return MemberRecord(
             index=plan.index,
-            path=f"{MEMBERS_DIR}/member-{plan.index}",
+            path=RunFolder(self._run_output_dir).member_relpath(plan.index),
             seed=plan.seed,
             data_seed=plan.data_seed,
             parent=plan.parent,
@@ -456,48 +489,23 @@ class EnsembleTrainer(Trainer):
             num_epochs=plan.num_epochs,
             schedule_offset=plan.schedule_offset,
             metrics=_jsonable(metrics),
+            hyperparameters=self._header.hyperparameters,
+            fingerprints=self._header.fingerprints,
+        )
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written into a temporary folder and renamed into place: a checkpoint folder
+        exists complete or not at all, so `resume_from_checkpoint=True` never picks a half-written one."""
+        if self._phase is None:
+            return super()._save_checkpoint(model, trial)
+        run = RunFolder(self._run_output_dir)
+        save_checkpoint_atomically(
+            self, run, self._phase.index, lambda: super(EnsembleTrainer, self)._save_checkpoint(model, trial)
         )
 
     def _keeps_parent_state(self, index: int) -> bool:
         strategy = self.args.ensemble_strategy
         return (strategy == "star_sse" and index == 0) or strategy == "sse"
-
-    def _open_manifest(self, run_dir: Path) -> EnsembleManifest:
-        """Load the run's manifest (resume) after checking it describes the same ensemble, or start a new one."""
-        hparams = _jsonable(self.args.ensemble_hyperparameters())
-        base_models = (
-            list(self.args.pretrained_checkpoints)
-            if self.args.ensemble_strategy == "global_de"
-            else [self._base_model_name]
-        )
-        if (run_dir / MANIFEST_NAME).is_file():
-            manifest = EnsembleManifest.load(run_dir)
-            diff = [k for k in hparams if manifest.hyperparameters.get(k) != hparams[k]]
-            if diff:
-                details = ", ".join(
-                    f"`{k}`: {manifest.hyperparameters.get(k)!r} on disk vs {hparams[k]!r}" for k in diff
-                )
-                raise ValueError(
-                    f"`output_dir` {run_dir} holds a run with other settings ({details}); use another `output_dir` "
-                    "or the same settings to resume it."
-                )
-            for m in manifest.members:
-                if not (run_dir / m.path / MEMBER_INFO_NAME).is_file():
-                    raise ValueError(f"The manifest lists member {m.index} but {run_dir / m.path} is missing.")
-            return manifest
-        orphans = sorted(p.name for p in (run_dir / MEMBERS_DIR).glob("member-*")) if run_dir.is_dir() else []
-        if orphans:
-            raise ValueError(f"`output_dir` {run_dir} holds members ({', '.join(orphans)}) but no {MANIFEST_NAME}.")
-        manifest = EnsembleManifest(
-            strategy=self.args.ensemble_strategy,
-            num_members=self.args.num_members,
-            hyperparameters=hparams,
-            base_models=base_models,
-            library_version=__version__,
-        )
-        if self.args.should_save:
-            manifest.save(run_dir)
-        return manifest
 
 
 def _model_name(model: torch.nn.Module) -> str:

@@ -12,19 +12,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .run_folder import replace_directory
+from .run_folder import owner_tag, replace_directory
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and an `os.replace`."""
+def atomic_write_text(path: str | os.PathLike, text: str, crash_at: str | None = None) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and an `os.replace`.
+
+    `crash_at` names a [`crash_point`] passed once the temporary is written, before it is renamed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        if crash_at is not None:
+            crash_point(crash_at)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -32,9 +37,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as indented JSON to `path`, atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+def atomic_write_json(path: str | os.PathLike, data: Any, crash_at: str | None = None) -> None:
+    """Write `data` as indented JSON to `path`, atomically (`crash_at`: see [`atomic_write_text`])."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+    atomic_write_text(path, text, crash_at=crash_at)
 
 
 def _json_default(obj: Any) -> Any:
@@ -60,7 +66,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     if path.exists() and not overwrite:
         raise FileExistsError(f"Refusing to overwrite the finished folder {path}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         replace_directory(tmp, path)
@@ -69,27 +75,32 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         raise
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Remove the `.name.*.tmp` leftovers of interrupted atomic writes in `folder`; returns what was removed."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    for child in folder.iterdir():
-        if child.name.startswith(".") and child.name.endswith(".tmp"):
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
-            removed.append(child)
-    return removed
-
-
 CRASH_POINT_ENV = "HF_STARSSE_CRASH_AT"
+_CRASH_COUNTS: dict[str, int] = {}
 
 
 def crash_point(name: str) -> None:
-    """Test hook: SIGKILL this process here when the environment variable `HF_STARSSE_CRASH_AT` equals `name`.
+    """Test hook: SIGKILL this process here when the environment variable `HF_STARSSE_CRASH_AT` names this point.
 
-    Crash-safety tests set it in a subprocess to kill the run at a named moment (e.g. `member_renamed`, between a
-    member folder's rename and the manifest update) and then check that the same command again completes.
+    `HF_STARSSE_CRASH_AT=<name>` kills at the first pass, `<name>:<n>` at the n-th pass of this process. Crash-safety
+    tests set it in a subprocess to kill the run at a named moment and then check that the same command again
+    completes. The points (one list, keep it complete):
+
+    - `member_step` (`EnsembleTrainer.training_step`): after each forward/backward of a member's training.
+    - `checkpoint_save` (`EnsembleTrainer._save_checkpoint`): a Trainer checkpoint is written into its temporary
+      folder, not yet renamed into place.
+    - `member_renamed` (`EnsembleTrainer`): a member folder was renamed into place; `ensemble.json` not yet rebuilt.
+    - `manifest_write` (`RunFolder.write_manifest`): the new `ensemble.json` is written to its temporary file, not yet
+      renamed.
+    - `replace_directory@<parent>/<name>` (`replace_directory`): the old folder moved aside, the new one not yet in
+      place (e.g. `replace_directory@soups/uniform`).
+    - `soup_written` (`soups`): the new soup is written, the old one not yet replaced.
+    - `push_staged` (`hub`): everything checked and staged, nothing sent yet.
     """
-    if os.environ.get(CRASH_POINT_ENV) == name:
+    spec = os.environ.get(CRASH_POINT_ENV)
+    if not spec or spec.partition(":")[0] != name:
+        return
+    _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
+    wanted = int(spec.partition(":")[2] or 1)
+    if _CRASH_COUNTS[name] == wanted:
         os.kill(os.getpid(), signal.SIGKILL)

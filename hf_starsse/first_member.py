@@ -79,33 +79,34 @@ def copy_first_member(source: str | os.PathLike, target: Path) -> dict[str, Any]
     return {"source": str(source), "resolved": str(folder), "sha256": fingerprint}
 
 
-def adopt_first_member(trainer: Any, plan: Any, manifest: Any) -> Any:
+def adopt_first_member(trainer: Any, plan: Any, output: Any) -> Any:
     """`EnsembleTrainer`'s member 0 when `first_member` is set: copy it into `members/member-0` (main process),
-    record it in member.json and the manifest (`adopted_from`, `num_steps: 0`) and keep its weights in memory as the
+    record it in member.json and the index (`adopted_from`, `num_steps: 0`) and keep its weights in memory as the
     parent state of the cycles. Returns its `MemberRecord`."""
     from .ensemble_trainer import logger
     from .file_utils import atomic_directory, atomic_write_json
-    from .manifest import MemberRecord, member_dir
+    from .manifest import MemberRecord
+    from .run_folder import RunFolder, member_name
 
-    run_dir = Path(trainer._run_output_dir)
+    run = RunFolder(trainer._run_output_dir)
     record = trainer._member_record(plan, {})
     record.init_from, record.num_steps, record.num_epochs = trainer.args.first_member, 0, 0.0
     if trainer.args.should_save:
-        with atomic_directory(member_dir(run_dir, 0)) as tmp:
+        with atomic_directory(run.member_dir(0)) as tmp:
             record.adopted_from = copy_first_member(trainer.args.first_member, tmp)
             if trainer.processing_class is not None and not (tmp / "preprocessor_config.json").is_file():
                 trainer.processing_class.save_pretrained(tmp)
-            atomic_write_json(tmp / MEMBER_INFO_NAME, record.to_dict())
-        manifest.members = sorted([*manifest.members, record], key=lambda m: m.index)
-        manifest.save(run_dir)
+            atomic_write_json(tmp / run.member_info_path(0).name, record.to_dict())
+        output.manifest = run.rebuild_index(trainer._header)
     trainer.accelerator.wait_for_everyone()
-    record = MemberRecord.from_dict(json.loads((member_dir(run_dir, 0) / MEMBER_INFO_NAME).read_text()))
+    record = MemberRecord.from_dict(json.loads(run.member_info_path(0).read_text()))
     if not trainer.args.should_save:
-        manifest.members = sorted([*manifest.members, record], key=lambda m: m.index)
+        output.manifest.members = sorted([*output.manifest.members, record], key=lambda m: m.index)
     trainer._fresh_model_for_member0 = False
     model = trainer.accelerator.unwrap_model(trainer.model)
-    trainer._parent_states = {0: type(model).from_pretrained(member_dir(run_dir, 0)).state_dict()}
+    trainer._parent_states = {0: type(model).from_pretrained(run.member_dir(0)).state_dict()}
     logger.info(f"member 0: taken from {trainer.args.first_member} (sha256 {record.adopted_from['sha256'][:12]})")
     if trainer.args.should_log:
-        print(f"[hf_starsse] member 1/{trainer.args.num_members}: taken as given from {trainer.args.first_member}")
+        source = trainer.args.first_member
+        print(f"[hf_starsse] {member_name(0)} of {trainer.args.num_members}: taken as given from {source}")
     return record

@@ -1,12 +1,5 @@
-"""The on-disk layout of an ensemble run and its manifest (`ensemble.json`).
-
-```
-<run_dir>/
-    ensemble.json                 # EnsembleManifest: strategy, hyper-parameters, members, parents
-    members/member-<i>/           # save_pretrained folder: config.json, model.safetensors, processor files,
-        member.json               # MemberRecord of this member (seed, parent, LR facts, its metrics)
-    checkpoints/member-<i>/       # Trainer checkpoints while member i trains (resumable)
-```
+"""The manifest of an ensemble run (`ensemble.json`): `EnsembleManifest` and `MemberRecord`. The layout itself (every
+file and folder name of a run, reading and writing the manifest) belongs to `hf_starsse.run_folder`.
 """
 
 from __future__ import annotations
@@ -18,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .file_utils import atomic_write_json
 from .run_folder import CHECKPOINTS_DIR, MANIFEST_NAME, MEMBER_INFO_NAME, MEMBERS_DIR, RunFolder  # noqa: F401
 
 FORMAT_VERSION = 1
@@ -52,6 +44,10 @@ class MemberRecord:
             skipped (`on_divergence="skip"`); such a member has no weights and is left out of ensembles and soups.
         adopted_from (`dict`, *optional*): For a member taken as given (`first_member`): its `source`, the folder it
             `resolved` to and the `sha256` of its weights; it was not trained by this run.
+        hyperparameters (`dict`): The run-defining settings it was trained under (checked when a member folder the
+            manifest does not list is adopted on resume).
+        fingerprints (`dict`): Base model, training data and labels it was trained from (see
+            `hf_starsse.fingerprints`).
     """
 
     index: int
@@ -67,6 +63,8 @@ class MemberRecord:
     data_seed: int | None = None
     diverged: dict[str, Any] | None = None
     adopted_from: dict[str, Any] | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    fingerprints: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,7 +84,9 @@ class EnsembleManifest:
         num_members (`int`): Planned ensemble size K.
         hyperparameters (`dict`): The run-defining settings (learning rates, lengths, seeds, ...).
         base_models (`list[str]`): Pre-trained checkpoint(s) the run started from.
-        members (`list[MemberRecord]`): Finished members, in index order.
+        members (`list[MemberRecord]`): Finished members, in index order (an index rebuilt from the member folders).
+        fingerprints (`dict`): Base model (name + revision or weights hash), training data (source, split, rows,
+            features) and labels (`id2label`); resuming with others is refused (see `hf_starsse.fingerprints`).
     """
 
     strategy: str
@@ -96,6 +96,7 @@ class EnsembleManifest:
     members: list[MemberRecord] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
     library_version: str = ""
+    fingerprints: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -110,10 +111,8 @@ class EnsembleManifest:
         return cls(**kwargs)
 
     def save(self, run_dir: str | os.PathLike) -> Path:
-        """Write `ensemble.json` into `run_dir` atomically."""
-        path = Path(run_dir) / MANIFEST_NAME
-        atomic_write_json(path, self.to_dict())
-        return path
+        """Write `ensemble.json` into `run_dir` atomically ([`RunFolder.write_manifest`])."""
+        return RunFolder(run_dir).write_manifest(self)
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> EnsembleManifest:

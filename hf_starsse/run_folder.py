@@ -4,14 +4,19 @@
 <run>/
     ensemble.json                 # the manifest: an index of the finished members, rebuilt from their folders
     .ensemble.lock                # file lock held while the index is rewritten (several processes / jobs)
+    .writers.lock                 # shared lock held by every process writing into the run (see `RunFolder.writing`)
     members/member-<i>/           # a member exists iff this folder (with member.json) was renamed into place
         member.json               # its MemberRecord (seed, parent, LR facts, fingerprints, metrics)
         config.json, model.safetensors, preprocessor_config.json, ...
     checkpoints/member-<i>/       # Trainer checkpoints while member i trains (resumable), removed once it is saved
+        checkpoint-<step>/        # a checkpoint exists iff renamed into place from `.checkpoint-<step>.tmp/`
+    checkpoints/member-<i>.lock   # held by the process (job) training member i
     eval_data/                    # held-out data saved with the run (the demo's raw test images)
     eval/                         # `hf-starsse evaluate`: eval.json, eval.md and the plots (*.png)
     soups/uniform/, soups/greedy/ # BatchNorm-recalibrated soups written by `hf-starsse evaluate`
     predictions/                  # prediction cache: class probabilities per (weights hash, data fingerprint)
+    launch.json                   # `hf-starsse train`: processes of the launch and which saved
+    demo_results.json             # `hf-starsse demo`: test metrics of the run
 ```
 
 Every other module asks a [`RunFolder`] for a path instead of spelling it, reads the manifest through
@@ -22,16 +27,30 @@ through [`replace_directory`] (a kill at any moment leaves the old or the new fo
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import shutil
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .run_folder_io import (  # noqa: F401  (the layout's temporaries and locks; re-exported here)
+    OLD_SUFFIX,
+    TMP_SUFFIX,
+    MemberBusyError,
+    exclusive_lock,
+    nobody_holds,
+    owner_tag,
+    recover_replacements,
+    replace_directory,
+    shared_lock,
+    try_exclusive_lock,
+    writer_is_gone,
+)
+
 MANIFEST_NAME = "ensemble.json"
 LOCK_NAME = ".ensemble.lock"
+WRITERS_LOCK_NAME = ".writers.lock"
 MEMBERS_DIR = "members"
 MEMBER_PREFIX = "member-"
 MEMBER_INFO_NAME = "member.json"
@@ -54,9 +73,11 @@ def prediction_file_name(weights_key: str, data_key: str) -> str:
 
 
 LAPLACE_PREDICTIVE_NAME = "laplace_predictive.json"  # a Laplace run: metrics of laplace-torch's predictive (compare)
+LAUNCH_INFO_NAME = "launch.json"
+DEMO_RESULTS_NAME = "demo_results.json"
 
-OLD_SUFFIX = ".old"
-TMP_SUFFIX = ".tmp"
+LOCK_SUFFIX = ".lock"
+CHECKPOINT_PREFIX = "checkpoint-"  # transformers' `PREFIX_CHECKPOINT_DIR`
 
 
 def member_name(index: int) -> str:
@@ -178,9 +199,38 @@ class RunFolder:
     def prediction_path(self, weights_key: str, data_key: str) -> Path:
         return self.predictions_dir / prediction_file_name(weights_key, data_key)
 
+    @property
+    def launch_info_path(self) -> Path:
+        return self.root / LAUNCH_INFO_NAME
+
+    @property
+    def demo_results_path(self) -> Path:
+        return self.root / DEMO_RESULTS_NAME
+
+    def member_lock_path(self, index: int) -> Path:
+        """Held (`flock`) by the process or job that trains member `index`."""
+        return self.checkpoints_dir / f"{member_name(index)}{LOCK_SUFFIX}"
+
+    def checkpoint_dir(self, index: int, step: int) -> Path:
+        """A complete Trainer checkpoint of member `index` (transformers' `checkpoint-<step>` name)."""
+        return self.member_checkpoints_dir(index) / f"{CHECKPOINT_PREFIX}{step}"
+
+    def checkpoint_staging_dir(self, index: int, step: int) -> Path:
+        """Where the Trainer writes checkpoint `step` of member `index` before it is renamed into place (one name
+        shared by the processes of one launch; only the job that holds [`member_lock`] writes there)."""
+        return self.member_checkpoints_dir(index) / f".{CHECKPOINT_PREFIX}{step}{TMP_SUFFIX}"
+
+    @property
+    def writers_lock_path(self) -> Path:
+        return self.root / WRITERS_LOCK_NAME
+
     def folders_with_atomic_writes(self) -> list[Path]:
         """Every folder of the layout in which atomic writes leave temporaries / `.old` copies when killed."""
-        return [self.root, self.members_dir, self.checkpoints_dir, self.eval_dir, self.soups_dir, self.predictions_dir]
+        folders = [self.root, self.members_dir, self.checkpoints_dir, self.eval_dir, self.soups_dir]
+        folders.append(self.predictions_dir)
+        if self.checkpoints_dir.is_dir() and not self.checkpoints_dir.is_symlink():
+            folders += sorted(p for p in self.checkpoints_dir.glob(f"{MEMBER_PREFIX}*") if p.is_dir())
+        return folders
 
     # ----- manifest ------------------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -230,27 +280,99 @@ class RunFolder:
             raise ValueError(f"{where}: {folder} resolves outside the run folder {root}.")
         return folder
 
-    # ----- concurrency and crash recovery ----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold an exclusive `flock` on `.ensemble.lock` (processes and jobs sharing the run folder)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    # ----- members: the folders are the source of truth, the manifest an index ----------------------------------
+    def scan_members(self) -> dict[int, dict[str, Any]]:
+        """The `member.json` of every member folder, by index: a member exists iff its folder was renamed into place.
 
-    def recover(self) -> list[Path]:
-        """Finish or undo what a killed process left: restore `.X.old` where `X` is missing, drop stale temporaries.
-
-        Returns the paths removed or restored. Call it only when no other process is writing into the run (e.g. under
-        [`lock`]), since another process's temporaries look the same as a dead one's.
+        Raises:
+            `ValueError`: one line naming the folder, for a member folder without a valid `member.json` (not written
+            by hf_starsse) or whose `member.json` names another index.
         """
+        found: dict[int, dict[str, Any]] = {}
+        if not self.members_dir.is_dir():
+            return found
+        for child in sorted(self.members_dir.iterdir()):
+            match = re.fullmatch(rf"{MEMBER_PREFIX}(\d+)", child.name)
+            if match is None:
+                continue
+            info = child / MEMBER_INFO_NAME
+            if child.is_symlink() or not info.is_file():
+                raise ValueError(f"{child} is not a member folder written by hf_starsse (no {MEMBER_INFO_NAME}).")
+            try:
+                data = json.loads(info.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(f"{info} is not valid JSON: {err}") from None
+            index = int(match.group(1))
+            if not isinstance(data, dict) or data.get("index") != index:
+                got = data.get("index") if isinstance(data, dict) else data
+                raise ValueError(f"{info} `index` should be {index} (its folder), got {got!r}.")
+            found[index] = data
+        return found
+
+    def rebuild_index(self, header: Any) -> Any:
+        """Rewrite `ensemble.json` from `header` (an [`EnsembleManifest`] whose members are ignored) and the member
+        folders on disk, under [`lock`]; returns the written manifest. Every process that renamed a member folder
+        into place calls it, so the last call of several concurrent jobs lists every member."""
+        import dataclasses
+
+        from .manifest import MemberRecord
+
+        with self.lock():
+            records = [MemberRecord.from_dict(data) for _, data in sorted(self.scan_members().items())]
+            manifest = dataclasses.replace(header, members=records)
+            self.write_manifest(manifest)
+        return manifest
+
+    def write_manifest(self, manifest: Any) -> Path:
+        """Write `ensemble.json` atomically (crash point `manifest_write`: temporary written, not yet renamed)."""
+        from .file_utils import atomic_write_json
+
+        atomic_write_json(self.manifest_path, manifest.to_dict(), crash_at="manifest_write")
+        return self.manifest_path
+
+    # ----- concurrency and crash recovery ----------------------------------------------------------------------
+    def lock(self) -> contextlib.AbstractContextManager:
+        """Hold an exclusive `flock` on `.ensemble.lock` (processes and jobs sharing the run folder). Re-entrant
+        within a process."""
+        return exclusive_lock(self.lock_path)
+
+    def member_lock(self, index: int) -> contextlib.AbstractContextManager:
+        """Hold member `index`'s lock while it trains; raises [`MemberBusyError`] when another process holds it."""
+        path = self.member_lock_path(index)
+        busy = MemberBusyError(f"member {index} is being trained by another process (it holds {path}).")
+        return try_exclusive_lock(path, busy)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[list[Path]]:
+        """Run the block as a writer of this run: first [`recover`] what dead writers left, then hold a shared `flock`
+        on `.writers.lock` until the block ends (the kernel drops it when the process dies, even on SIGKILL).
+
+        Yields the paths `recover` removed or restored.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        with shared_lock(self.writers_lock_path, on_start=self._recover_under_lock) as changed:
+            yield changed
+
+    def _recover_under_lock(self, alone: bool) -> list[Path]:
+        with self.lock():
+            return self.recover(alone=alone)
+
+    def recover(self, alone: bool | None = None) -> list[Path]:
+        """Finish or undo what a killed process left in every folder of the layout: restore `.X.old` where `X` is
+        missing, drop stale `.X.*.tmp` temporaries.
+
+        Safe while other processes write into the run: a temporary (or `.old` copy) is touched only when its writer
+        is known to be dead: its name carries the writer (`w<pid>~<host>`, see [`owner_tag`]) and that process is
+        gone from this host; or no process holds [`writing`] (`alone`: checked with a non-blocking exclusive `flock`
+        on `.writers.lock`, which the kernel releases when a writer dies), and it is not a live writer of this host.
+
+        Returns the paths removed or restored.
+        """
+        if alone is None:
+            alone = self.root.is_dir() and nobody_holds(self.writers_lock_path)
         changed: list[Path] = []
         for folder in self.folders_with_atomic_writes():
-            changed += recover_replacements(folder)
+            changed += recover_replacements(folder, is_stale=lambda name: writer_is_gone(name, alone))
         return changed
 
 
@@ -302,55 +424,3 @@ def validate_manifest_data(data: Any, path: Path) -> None:
                 f"{name}.path {entry['path']!r} is listed twice (also members[{seen_path[member_path]}])."
             )
         seen_index[index], seen_path[member_path] = position, position
-
-
-def recover_replacements(folder: str | os.PathLike) -> list[Path]:
-    """In `folder`: restore `.X.old` to `X` when `X` is missing (a kill between the two renames of
-    [`replace_directory`]), else remove it; remove `.X.*.tmp` temporaries. Returns what changed."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    changed = []
-    for child in sorted(folder.iterdir()):
-        name = child.name
-        if not name.startswith("."):
-            continue
-        if name.endswith(OLD_SUFFIX):
-            final = folder / name[1 : -len(OLD_SUFFIX)]
-            if final.exists():
-                _remove(child)
-            else:
-                os.replace(child, final)
-            changed.append(child)
-        elif name.endswith(TMP_SUFFIX):
-            _remove(child)
-            changed.append(child)
-    return changed
-
-
-def replace_directory(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Move the finished folder `tmp` to `final`, replacing an existing `final` so that a kill at any moment leaves
-    the old or the new folder under `final` (or the old one as `.final.old`, restored by [`recover_replacements`])."""
-    tmp, final = Path(tmp), Path(final)
-    if not final.exists():
-        os.replace(tmp, final)
-        return
-    old = final.with_name(f".{final.name}{OLD_SUFFIX}")
-    _remove(old)
-    os.replace(final, old)
-    _crash_point(f"replace_directory@{final.parent.name}/{final.name}")  # test hook: between the two renames
-    os.replace(tmp, final)
-    _remove(old)
-
-
-def _crash_point(name: str) -> None:
-    from .file_utils import crash_point  # file_utils imports this module
-
-    crash_point(name)
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.exists():
-        shutil.rmtree(path, ignore_errors=True)

@@ -20,8 +20,7 @@ from .ensemble_config import EnsembleTrainingArguments
 from .ensemble_plan import describe_plan, plan_members
 from .file_utils import atomic_write_json
 from .model_loading import MODEL_FAMILIES
-
-LAUNCH_INFO_NAME = "launch.json"
+from .run_folder import LAUNCH_INFO_NAME, MemberBusyError, RunFolder  # noqa: F401  (LAUNCH_INFO_NAME: kept importable from here)
 
 
 @dataclass
@@ -340,6 +339,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, args: Ens
     trainer_kwargs = dict(
         model_init=model_init,
         args=args,
+        train_data_info=_train_data_info(data_args, data.splits["train"], in_memory=dataset is not None),
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         processing_class=processor,
@@ -376,6 +376,17 @@ def resume_argument(value: str | bool | None) -> str | bool | None:
     return text
 
 
+def _train_data_info(data_args: DataArguments, train, in_memory: bool) -> dict:
+    """The training data as the manifest fingerprints it: the dataset given, its split and the `datasets`
+    fingerprint of the split before the lazy image transforms (which would hash the transform functions)."""
+    return {
+        "source": None if in_memory else data_args.dataset_name,
+        "config": data_args.dataset_config_name,
+        "split": data_args.train_split,
+        "fingerprint": getattr(train, "_fingerprint", None),
+    }
+
+
 def _record_launch(trainer, run_dir: str) -> None:
     """Write `launch.json`: process count, distributed type and which processes wrote members (main only)."""
     from accelerate.utils import gather_object
@@ -384,7 +395,7 @@ def _record_launch(trainer, run_dir: str) -> None:
     saving = gather_object([{"process_index": accelerator.process_index, "should_save": bool(args.should_save)}])
     if args.should_save:
         atomic_write_json(
-            Path(run_dir) / LAUNCH_INFO_NAME,
+            RunFolder(run_dir).launch_info_path,
             {
                 "num_processes": accelerator.num_processes,
                 "world_size": args.world_size,
@@ -411,7 +422,7 @@ def cli_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """`main` with bad input reported as one line on stderr (exit code 1)."""
     try:
         return main(argv, prog)
-    except (ValueError, OSError, TypeError, MemberDivergedError) as err:
+    except (ValueError, OSError, TypeError, MemberDivergedError, MemberBusyError) as err:
         lines = str(err).strip().splitlines()
         print(f"{prog or 'train'}: error: {lines[0] if lines else repr(err)}", file=sys.stderr)
         return 1

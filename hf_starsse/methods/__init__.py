@@ -1,7 +1,7 @@
 """Post-hoc builders of the paper's other basin-exploration baselines over a finished member 0.
 
 Each builder starts from a fine-tuned `save_pretrained` folder (e.g. member 0 of a Local DE / StarSSE run) and writes a
-run folder in the layout of `hf_starsse.manifest` (`members/member-<i>/` + `ensemble.json`), so the evaluator, soups
+run folder in the layout of `hf_starsse.run_folder` (`members/member-<i>/` + `ensemble.json`), so the evaluator, soups
 and `push_to_hub` treat them like any other ensemble:
 
 - `fge`: Fast Geometric Ensembling (Garipov et al. 2018), [`build_fge`].

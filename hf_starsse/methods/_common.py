@@ -1,5 +1,5 @@
 """What the post-hoc builders share: member 0 loading, config checks, a plain training loop, BN recalibration and the
-run writer (the `hf_starsse.manifest` layout, atomic member folders)."""
+run writer (the `hf_starsse.run_folder` layout, atomic member folders, the index rebuilt from them)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from transformers import AutoConfig, PreTrainedModel, default_data_collator
 
 from .. import __version__
 from ..bn_recalibration import has_batchnorm, recalibrate_batchnorm
-from ..file_utils import atomic_directory, atomic_write_json
-from ..manifest import MANIFEST_NAME, MEMBER_INFO_NAME, MEMBERS_DIR, EnsembleManifest, MemberRecord, member_dir
+from ..file_utils import atomic_directory, atomic_write_json, crash_point
+from ..manifest import EnsembleManifest, MemberRecord
+from ..run_folder import MEMBER_INFO_NAME, RunFolder
 from ..seeds import member_data_seed
 
 logger = logging.getLogger(__name__)
@@ -123,8 +124,8 @@ def load_member0(member0: str | os.PathLike | PreTrainedModel) -> tuple[PreTrain
         name = getattr(member0.config, "_name_or_path", "") or type(member0).__name__
         return member0, None, name
     path = Path(member0)
-    if (path / MANIFEST_NAME).is_file() and not (path / "config.json").is_file():
-        path = member_dir(path, 0)
+    if RunFolder(path).exists() and not (path / "config.json").is_file():
+        path = RunFolder(path).member_paths(RunFolder(path).read_manifest())[0]
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"`member0`: no `save_pretrained` folder (config.json) at {path}.")
     config = AutoConfig.from_pretrained(path)
@@ -259,7 +260,7 @@ def log_phase(method: str, message: str) -> None:
 
 
 class RunWriter:
-    """Writes a run folder member by member, in the layout of `hf_starsse.manifest`.
+    """Writes a run folder member by member, in the layout of `hf_starsse.run_folder`.
 
     Refuses (before any training) an `output_dir` that already holds a manifest or members, so finished runs are never
     overwritten. Each member folder appears atomically, then the manifest is rewritten atomically.
@@ -275,7 +276,8 @@ class RunWriter:
         extra_hyperparameters: dict[str, Any] | None = None,
     ):
         self.run_dir = Path(output_dir)
-        if (self.run_dir / MANIFEST_NAME).exists() or any((self.run_dir / MEMBERS_DIR).glob("member-*")):
+        self.run = RunFolder(self.run_dir)
+        if self.run.exists() or (self.run.members_dir.is_dir() and any(self.run.members_dir.iterdir())):
             raise FileExistsError(
                 f"`output_dir` {self.run_dir} already holds a run; choose an empty folder (finished runs are never "
                 "overwritten)."
@@ -294,7 +296,7 @@ class RunWriter:
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.manifest.save(self.run_dir)
+        self.run.write_manifest(self.manifest)
 
     def save_member(
         self,
@@ -311,7 +313,7 @@ class RunWriter:
         index = len(self.manifest.members)
         record = MemberRecord(
             index=index,
-            path=f"{MEMBERS_DIR}/member-{index}",
+            path=self.run.member_relpath(index),
             seed=seed,
             data_seed=self.data_seed,
             parent=None,
@@ -322,12 +324,12 @@ class RunWriter:
             schedule_offset=int(schedule_offset),
             metrics=dict(metrics or {}),
         )
-        with atomic_directory(member_dir(self.run_dir, index)) as tmp:
+        with atomic_directory(self.run.member_dir(index)) as tmp:
             model.save_pretrained(tmp)
             self._copy_processor_files(tmp)
             atomic_write_json(tmp / MEMBER_INFO_NAME, record.to_dict())
-        self.manifest.members.append(record)
-        self.manifest.save(self.run_dir)
+        crash_point("member_renamed")
+        self.manifest = self.run.rebuild_index(self.manifest)
         log_member_saved(self.manifest.strategy, index, self.manifest.num_members, record.metrics)
         return record
 
