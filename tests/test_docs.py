@@ -15,7 +15,9 @@ so later blocks use what earlier ones made; `recipes/` and `constraints.txt` are
 - `bash`: every command line (continuations joined, comments dropped), by its program:
   - `hf-starsse ...`: run in-process through `hf_starsse.cli.main` (must exit 0), except `PARSE_ONLY`: `demo` and
     `compare` train for minutes (tests/test_demo.py and tests/test_compare.py run them small), and commands on the
-    demo's output folder; those are parsed by the real parser (an unknown flag or value fails).
+    demo's output folder; those are parsed by the real parser (an unknown flag or value fails). `train --config
+    RECIPE` without `--dry_run` (a paper recipe: hours on GPUs, on its real checkpoint) is parsed by
+    `hf_starsse.train_entry.parse_arguments` (the recipe must exist, every field must be known).
   - `accelerate launch`, `accelerate-launch`, `python -m accelerate.commands.launch`: multi-device launchers. The
     launcher's flags are parsed by accelerate's own parser and the script's arguments by
     `hf_starsse.train_entry.parse_arguments` (the recipe must exist, every field must be known).
@@ -69,9 +71,16 @@ def _strip_env(argv: list[str]) -> list[str]:
     return argv
 
 
+SHELL_ENVIRONMENT = {"SLURM_ARRAY_TASK_ID": "1"}  # what the README's job-array script gets from SLURM
+
+
 def run_shell_command(argv: list[str]) -> str:
     """Run (or check) one command as described in the module docstring; returns how it was handled."""
-    argv = _strip_env(argv)
+    # shell variables expand as the shell would; a SLURM job-array task id stands for the scheduler's
+    argv = [
+        os.path.expandvars(a.replace("$SLURM_ARRAY_TASK_ID", SHELL_ENVIRONMENT["SLURM_ARRAY_TASK_ID"]))
+        for a in _strip_env(argv)
+    ]
     if argv[:2] == ["pip", "install"]:
         for i, arg in enumerate(argv):
             if arg == "-c":
@@ -96,6 +105,11 @@ def run_shell_command(argv: list[str]) -> str:
         if argv[1] in PARSE_ONLY or any(a.startswith("hf_starsse_demo/") for a in argv):
             build_parser().parse_args(argv[1:])
             return "parsed (trains for minutes)"
+        if argv[1] == "train" and "--config" in argv and not {"--dry_run", "--dry-run"} & set(argv):
+            from hf_starsse.train_entry import parse_arguments
+
+            parse_arguments(argv[2:])  # a paper recipe on its real checkpoint: hours on GPUs
+            return "parsed (paper recipe)"
         if os.environ.get("HF_STARSSE_DOCS_DEBUG"):  # full traceback instead of the CLI's one-line error
             args = build_parser().parse_args(argv[1:])
             args.func(args)
