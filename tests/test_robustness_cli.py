@@ -214,7 +214,7 @@ def test_interrupted_member_resumes_from_its_last_checkpoint_and_equals_an_unint
         single_thread
     )():  # as the subprocess (OMP_NUM_THREADS=1): the same float reductions
         assert cli_main(_argv(inputs, tmp_path / "run", *ckpt, "--resume_from_checkpoint", "true")) == 0
-        assert "member 1: resuming from checkpoint-4 (step 4 of 8)" in capsys.readouterr().out
+        assert "member-1: resuming from checkpoint-4 (step 4 of 8)" in capsys.readouterr().out
         assert cli_main(_argv(inputs, tmp_path / "reference", *ckpt)) == 0
     for i in (0, 1):
         resumed = load_file(member_dir(tmp_path / "run", i) / "model.safetensors")
