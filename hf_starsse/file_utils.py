@@ -15,6 +15,18 @@ from typing import Any
 from .run_folder import owner_tag, replace_directory
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def use_default_permissions(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a temporary from `tempfile.mkstemp` / `mkdtemp` (0600 / 0700) the mode `open` / `mkdir` would have given
+    (0666 / 0777 less the umask), so that other jobs and users sharing a run folder can read what it becomes."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, crash_at: str | None = None) -> None:
     """Write `text` to `path` through a temporary file in the same folder and an `os.replace`.
 
@@ -28,6 +40,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, crash_at: str | None =
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        use_default_permissions(tmp)
         if crash_at is not None:
             crash_point(crash_at)
         os.replace(tmp, path)
@@ -68,6 +81,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp", dir=path.parent))
     try:
+        use_default_permissions(tmp, directory=True)
         yield tmp
         replace_directory(tmp, path)
     except BaseException:

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .file_utils import use_default_permissions
+
 CACHE_FORMAT = 1
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
 
@@ -223,6 +225,7 @@ class PredictionCache:
         try:
             meta = {"weights": weights, "data": data, "format": str(CACHE_FORMAT), "info": json.dumps(info or {})}
             save_file({"probs": np.ascontiguousarray(probs), "labels": labels.astype(np.int64)}, tmp, metadata=meta)
+            use_default_permissions(tmp)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
