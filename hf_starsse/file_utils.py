@@ -27,19 +27,17 @@ def use_default_permissions(path: str | os.PathLike, directory: bool = False) ->
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, crash_at: str | None = None) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and an `os.replace`.
-
-    `crash_at` names a [`crash_point`] passed once the temporary is written, before it is renamed.
-    """
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, crash_at: str | None = None) -> Iterator[Path]:
+    """Yield a temporary file path next to `path` (named after its writer); once the block has written it, it gets
+    the umask mode and is renamed to `path`; on failure it is removed. `crash_at` names a [`crash_point`] passed once
+    the temporary is written, before it is renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         use_default_permissions(tmp)
         if crash_at is not None:
             crash_point(crash_at)
@@ -48,6 +46,14 @@ def atomic_write_text(path: str | os.PathLike, text: str, crash_at: str | None =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, crash_at: str | None = None) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and an `os.replace` ([`atomic_file`])."""
+    with atomic_file(path, crash_at=crash_at) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any, crash_at: str | None = None) -> None:

@@ -13,11 +13,9 @@ fit in [`max_in_memory_bytes`]).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .file_utils import use_default_permissions
+from .file_utils import atomic_file
 
 CACHE_FORMAT = 1
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
@@ -218,19 +216,11 @@ class PredictionCache:
             return
         from safetensors.numpy import save_file
 
-        path = self.path(weights, data)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            meta = {"weights": weights, "data": data, "format": str(CACHE_FORMAT), "info": json.dumps(info or {})}
-            save_file({"probs": np.ascontiguousarray(probs), "labels": labels.astype(np.int64)}, tmp, metadata=meta)
-            use_default_permissions(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        meta = {"weights": weights, "data": data, "format": str(CACHE_FORMAT), "info": json.dumps(info or {})}
+        with atomic_file(self.path(weights, data)) as tmp:
+            save_file(
+                {"probs": np.ascontiguousarray(probs), "labels": labels.astype(np.int64)}, str(tmp), metadata=meta
+            )
 
     def probs(self, predictors: Sequence[Predictor], data: EvalData) -> tuple[np.ndarray, np.ndarray]:
         """`(probs (len(predictors), N, C), labels (N,))`: cached results, the missing ones in one data pass."""
