@@ -14,6 +14,7 @@ from transformers import (
     AutoModelForImageClassification,
     ResNetConfig,
     ResNetForImageClassification,
+    TrainerCallback,
     ViTConfig,
     ViTForImageClassification,
 )
@@ -89,3 +90,13 @@ def file_digests(folder: Path) -> dict[str, tuple[str, int]]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+class StepCounter(TrainerCallback):
+    """Counts the optimizer steps a run actually trained (the subprocess scripts report it)."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
