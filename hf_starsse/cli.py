@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "hf_starsse.commands.demo",
     "hf_starsse.commands.push",
     "hf_starsse.commands.evaluate",
+    "hf_starsse.commands.sweep",
     "hf_starsse.commands.train",
 ]
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = list(sys.argv[1:] if argv is None else argv)  # as given (recorded by reports)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

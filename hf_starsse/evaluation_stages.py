@@ -87,8 +87,10 @@ def print_plan(passes: EvaluationPasses, data: dict[str, Any], settings: Any, nu
     stages = [passes.plan_stage("members", members, test)]
     notes = []
     if settings.soup != "none" and num_members > 1:
-        soups = [passes.soup(range(k)) for k in range(2, num_members + 1)]
-        stages.append(passes.plan_stage(f"uniform soups k=2..{num_members} (k=1 is member 0)", soups, test))
+        sizes = soup_sizes(num_members, settings)[1:]
+        soups = [passes.soup(range(k)) for k in sizes]
+        label = f"uniform soups k=2..{num_members}" if len(sizes) > 1 else f"uniform soup k={num_members}"
+        stages.append(passes.plan_stage(f"{label} (k=1 is member 0)", soups, test))
     if settings.soup == "greedy":
         stages.append(passes.plan_stage("greedy soup: members", members, data["validation"]))
         notes.append(f"greedy soup: up to {num_members - 1} candidate soups on {data['validation'].name} (not cached)")
@@ -109,6 +111,13 @@ def print_plan(passes: EvaluationPasses, data: dict[str, Any], settings: Any, nu
         notes.append(f"derived models (soups, line points) recalibrate BatchNorm on `{data['bn_split']}` first")
     print(format_plan(stages, notes), flush=True)
     passes.cache.images_to_do = sum(s["images"] for s in stages)
+
+
+def soup_sizes(num_members: int, settings: Any) -> list[int]:
+    """The sizes k of the uniform soups of the first k members that `evaluate` reports (1 is member 0 itself)."""
+    if getattr(settings, "soup_vs_size", True):
+        return list(range(1, num_members + 1))
+    return sorted({1, num_members})
 
 
 def _alphas(num_points: int) -> list[float]:
@@ -141,7 +150,7 @@ def evaluate_soups(
     uniform = passes.soup(range(k_all), name="uniform soup", saved=folder.soup_dir("uniform"))
     results["soup_vs_size"] = [
         {"size": k, **passes.metrics(uniform if k == k_all else passes.soup(range(k)), test)}
-        for k in range(1, k_all + 1)
+        for k in soup_sizes(k_all, settings)
     ]
     everyone = list(range(k_all))
     soups = {"uniform": _save(uniform, folder, "uniform", passes, everyone, results["soup_vs_size"][-1], results)}

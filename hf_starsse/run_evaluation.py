@@ -30,6 +30,8 @@ class EvaluationSettings:
             else the validation split.
         soup (`str`, *optional*, defaults to `"uniform"`): `uniform`, `greedy` (also builds the uniform soup) or
             `none`.
+        soup_vs_size (`bool`, *optional*, defaults to `True`): Also evaluate the uniform soups of the first k members,
+            k = 2..K-1 (each one BatchNorm recalibration and one pass); `False` keeps k = 1 (member 0) and K.
         ood (`bool`, *optional*, defaults to `False`): Evaluate on corrupted test data.
         corruptions (`list[str]`, *optional*): OOD corruptions (all 19 by default).
         severities (`list[int]`, *optional*): OOD severities (1..5 by default).
@@ -53,6 +55,7 @@ class EvaluationSettings:
     validation_split: str = "validation"
     bn_split: str | None = None
     soup: str = "uniform"
+    soup_vs_size: bool = True
     ood: bool = False
     corruptions: list[str] | None = None
     severities: list[int] | None = None

@@ -199,12 +199,29 @@ def parse_arguments(argv: list[str] | None = None, prog: str | None = None):
     parser = build_parser(prog)
     if known.config:
         recipe = load_recipe(known.config)
-        valid = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init}
-        unknown = sorted(set(recipe) - valid)
-        if unknown:
-            raise ValueError(f"Recipe {known.config!r}: unknown field(s) {', '.join(unknown)}.")
+        check_recipe_fields(recipe, f"Recipe {known.config!r}")
         parser.set_defaults(**recipe)
-    model_args, data_args, training_args, run_args = parser.parse_args_into_dataclasses(args=argv)
+    return _checked(parser.parse_args_into_dataclasses(args=argv))
+
+
+def check_recipe_fields(recipe: dict, where: str) -> None:
+    """Refuse recipe keys that are no argument of `hf-starsse train` (one line naming them)."""
+    valid = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init}
+    unknown = sorted(set(recipe) - valid)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}.")
+
+
+def arguments_from_recipe(recipe: dict, prog: str | None = None):
+    """The four argument dataclasses of a recipe given as a dict (as `--config` with no command-line overrides)."""
+    check_recipe_fields(recipe, "Recipe")
+    parser = build_parser(prog)
+    parser.set_defaults(**recipe)
+    return _checked(parser.parse_args_into_dataclasses(args=[]))
+
+
+def _checked(parsed: tuple) -> tuple:
+    model_args, data_args, training_args, run_args = parsed
     if model_args.model_name_or_path is None:
         raise ValueError("`model_name_or_path` is required (in the recipe or as --model_name_or_path).")
     if data_args.dataset_name is None:

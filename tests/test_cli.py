@@ -22,7 +22,9 @@ def _example_value(action: argparse.Action) -> list[str]:
     """Command-line tokens that follow the flag (none for store_true)."""
     if action.nargs == 0:
         return []
-    if action.choices:
+    if getattr(action.type, "__name__", "") in _TYPED_EXAMPLES:
+        value = _TYPED_EXAMPLES[action.type.__name__]
+    elif action.choices:
         value = str(list(action.choices)[-1])
     elif action.type is int:
         value = str((action.default if isinstance(action.default, int) else 0) + 7)
@@ -34,7 +36,8 @@ def _example_value(action: argparse.Action) -> list[str]:
     return [value] * count
 
 
-_POSITIONALS = {"evaluate": ["RUN"], "push": ["RUN", "user/repo"]}
+_POSITIONALS = {"evaluate": ["RUN"], "push": ["RUN", "user/repo"], "sweep": ["--preset", "gpu-digits"]}
+_TYPED_EXAMPLES = {"_ratios": "0.5,2", "_shard": "1/3"}  # values of the sweep's own argument types
 _CASES = [
     (command, action.dest)
     for command, sub in _subparsers().items()
@@ -54,6 +57,8 @@ def test_both_spellings(command, dest):
     parser = build_parser()
     values = _example_value(action)
     base = [command, *_POSITIONALS.get(command, [])]
+    if command == "sweep" and dest in ("config", "preset"):  # the two exclusive sources: the flag alone
+        base = [command]
     parsed = {}
     for flag in (underscore, dash):
         args = vars(parser.parse_args([*base, flag, *values]))
@@ -96,6 +101,12 @@ def test_command_defaults_match_configs():
     assert {k: compare_defaults[k] for k in compare_cmd.DEFAULTS} == compare_cmd.DEFAULTS
     demo_defaults = {f.name: f.default for f in dataclasses.fields(DemoConfig)}
     assert {k: demo_defaults[k] for k in demo_cmd.DEFAULTS} == demo_cmd.DEFAULTS
+    from hf_starsse.commands import sweep as sweep_cmd
+    from hf_starsse.sweep_config import SWEEP_METHODS, SweepConfig
+
+    assert sweep_cmd.METHODS == SWEEP_METHODS
+    sweep_defaults = {f.name: f.default for f in dataclasses.fields(SweepConfig)}
+    assert {k: sweep_defaults[k] for k in sweep_cmd.DEFAULTS} == sweep_cmd.DEFAULTS
 
 
 def test_help_imports_nothing_heavy():

@@ -14,7 +14,8 @@ so later blocks use what earlier ones made; `recipes/` and `constraints.txt` are
 - `python`: executed.
 - `bash`: every command line (continuations joined, comments dropped), by its program:
   - `hf-starsse ...`: run in-process through `hf_starsse.cli.main` (must exit 0), except `PARSE_ONLY`: `demo` and
-    `compare` train for minutes (tests/test_demo.py and tests/test_compare.py run them small), and commands on the
+    `compare` train for minutes (tests/test_demo.py and tests/test_compare.py run them small), `sweep` without
+    `--dry-run` (a preset trains for most of an hour; tests/test_sweep.py runs a tiny one), and commands on the
     demo's output folder; those are parsed by the real parser (an unknown flag or value fails). `train --config
     RECIPE` without `--dry_run` (a paper recipe: hours on GPUs, on its real checkpoint) is parsed by
     `hf_starsse.train_entry.parse_arguments` (the recipe must exist, every field must be known).
@@ -105,6 +106,9 @@ def run_shell_command(argv: list[str]) -> str:
         if argv[1] in PARSE_ONLY or any(a.startswith("hf_starsse_demo/") for a in argv):
             build_parser().parse_args(argv[1:])
             return "parsed (trains for minutes)"
+        if argv[1] == "sweep" and not {"--dry_run", "--dry-run"} & set(argv):
+            build_parser().parse_args(argv[1:])  # a preset trains for most of an hour (tests/test_sweep.py runs one)
+            return "parsed (sweep)"
         if argv[1] == "train" and "--config" in argv and not {"--dry_run", "--dry-run"} & set(argv):
             from hf_starsse.train_entry import parse_arguments
 
