@@ -195,11 +195,9 @@ def format_compare_table(rows: list[dict]) -> str:
 
 
 def plot_compare(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    from .evaluation_report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = [r["method"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key, title in zip(
@@ -209,10 +207,7 @@ def plot_compare(rows: list[dict], path: Path) -> None:
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def run_compare(config: CompareConfig) -> list[dict]:

@@ -18,7 +18,7 @@ from .run_folder import EVAL_JSON, EVAL_MD
 METRIC_COLUMNS = (("accuracy", "acc"), ("nll", "NLL"), ("ece", "ECE"), ("brier", "Brier"))
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -27,7 +27,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save_figure(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     """Save a figure atomically (temporary file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -36,7 +36,7 @@ def _save_figure(fig: Any, path: Path) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-        _pyplot().close(fig)
+        pyplot().close(fig)
     return path
 
 
@@ -120,7 +120,7 @@ def plot_metric_vs_size(
     title: str = "",
 ) -> Path:
     """Accuracy and NLL of the ensemble (and the uniform soup) of the first k members, k = 1..K."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (key, label) in zip(axes, (("accuracy", "accuracy (%)"), ("nll", "NLL"))):
         scale = 100.0 if key == "accuracy" else 1.0
@@ -138,12 +138,12 @@ def plot_metric_vs_size(
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title or "Quality vs ensemble size")
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_diversity_matrix(matrix: Sequence[Sequence[float]], names: Sequence[str], path: str | os.PathLike) -> Path:
     """Heat map of the pairwise diversity (percent) between members."""
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.asarray(matrix, dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 1.2 * len(names) + 1.5))
     image = ax.imshow(matrix, cmap="viridis", vmin=0)
@@ -161,7 +161,7 @@ def plot_diversity_matrix(matrix: Sequence[Sequence[float]], names: Sequence[str
             )
     fig.colorbar(image, ax=ax, label="diversity (%)")
     ax.set_title("Pairwise diversity: 100 * disagreement / max error")
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def member_lr_curves(manifest: EnsembleManifest) -> list[dict[str, Any]]:
@@ -206,7 +206,7 @@ def plot_lr_schedule(manifest: EnsembleManifest, path: str | os.PathLike) -> Pat
     curves = member_lr_curves(manifest)
     if not curves:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.5))
     styles = ("-", "--", "-.", ":")
     for rank, curve in enumerate(curves):
@@ -224,12 +224,12 @@ def plot_lr_schedule(manifest: EnsembleManifest, path: str | os.PathLike) -> Pat
     ax.set_title(f"Learning-rate schedule ({manifest.strategy})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_interpolation(points: Sequence[dict[str, float]], path: str | os.PathLike, label: str = "") -> Path:
     """Accuracy and NLL along the straight line between two models."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     alphas = [p["alpha"] for p in points]
     axes[0].plot(alphas, [100 * p["accuracy"] for p in points], "o-")
@@ -240,7 +240,7 @@ def plot_interpolation(points: Sequence[dict[str, float]], path: str | os.PathLi
         ax.set_xlabel("alpha (0 = first model, 1 = second)")
         ax.grid(alpha=0.3)
     fig.suptitle(label or "Linear interpolation between two members")
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_plane(plane: dict[str, Any], path: str | os.PathLike, metric: str = "accuracy") -> Path:
@@ -249,7 +249,7 @@ def plot_plane(plane: dict[str, Any], path: str | os.PathLike, metric: str = "ac
     Axes are weight-space distances: x along the line from the first model to the second, y orthogonal to it, towards
     the third. Each name is placed on the side of its marker that faces the middle of the plot, so it stays inside.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.8))
     grid = np.asarray(plane["metrics"][metric]) * (100.0 if metric == "accuracy" else 1.0)
     contour = ax.contourf(plane["x"], plane["y"], grid, levels=12, cmap="viridis")
@@ -275,7 +275,7 @@ def plot_plane(plane: dict[str, Any], path: str | os.PathLike, metric: str = "ac
     ax.set_ylabel(f"orthogonal distance towards {names[2]}")
     ax.set_title(f"{metric} on the plane through three models")
     fig.tight_layout()
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 # ----------------------------------------------------------------------------------------------------------- writer

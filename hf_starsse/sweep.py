@@ -288,6 +288,7 @@ def _predictions(run_dir: Path, settings: Any, with_soup: bool) -> tuple[dict[st
 
     from .ensemble import default_device
     from .evaluation_stages import prepare_passes
+    from .metrics import accuracy
     from .run_evaluation import _image_processor, resolve_eval_data
 
     run = RunFolder(run_dir)
@@ -304,16 +305,16 @@ def _predictions(run_dir: Path, settings: Any, with_soup: bool) -> tuple[dict[st
     ensemble = member_probs.mean(axis=0)
     arrays.update(_per_example("ensemble", ensemble, labels))
     val_probs, val_labels = passes.probs(passes.predictors, data["validation"])
-    extra["validation"] = {"ensemble_accuracy": _accuracy(val_probs.mean(axis=0), val_labels)}
+    extra["validation"] = {"ensemble_accuracy": accuracy(val_probs.mean(axis=0), val_labels)}
     if data.get("bn") is not None:  # training accuracy of each member: did the fine-tuning fit, do cycles overfit?
         train_probs, train_labels = passes.probs(passes.predictors, data["bn"])
-        extra["train_accuracy"] = [_accuracy(p, train_labels) for p in train_probs]
+        extra["train_accuracy"] = [accuracy(p, train_labels) for p in train_probs]
     if with_soup:
         soup = passes.soup(range(len(members)), name="uniform soup", saved=run.soup_dir("uniform"))
         soup_probs, _ = passes.probs([soup], data["test"])
         arrays.update(_per_example("soup", soup_probs[0], labels))
         soup_val, _ = passes.probs([soup], data["validation"])
-        extra["validation"]["soup_accuracy"] = _accuracy(soup_val[0], val_labels)
+        extra["validation"]["soup_accuracy"] = accuracy(soup_val[0], val_labels)
     return arrays, extra
 
 
@@ -323,10 +324,6 @@ def _per_example(name: str, probs: np.ndarray, labels: np.ndarray) -> dict[str, 
         f"{name}_correct": probs.argmax(-1) == labels,
         f"{name}_log_prob": np.log(np.clip(true, 1e-12, None)).astype(np.float32),
     }
-
-
-def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float((probs.argmax(-1) == labels).mean())
 
 
 # ----- cost ----------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .file_utils import atomic_file
+from .evaluation_report import pyplot, save_figure
 from .sweep_config import SweepConfig
 from .sweep_folder import SweepFolder
 from .sweep_markdown import METHOD_NAMES
@@ -17,23 +17,6 @@ MARKERS = ["o", "s", "^", "D", "v", "P"]
 TITLES = {"ensemble": "ensemble of members", "soup": "uniform soup, BatchNorm recalibrated"}
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    _pyplot().close(fig)
-    return path
-
-
 def _finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -41,7 +24,7 @@ def _finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _scaled(stat: dict[str, Any]) -> tuple[float, float]:
@@ -51,7 +34,7 @@ def _scaled(stat: dict[str, Any]) -> tuple[float, float]:
 def plot_accuracy_vs_lr_ratio(rows: list[dict[str, Any]], config: SweepConfig, path: Path) -> Path:
     """Ensemble and soup test accuracy against the cycle LR ratio: one line per (method, epoch ratio), error bars
     = std over seeds, Local DE as a band (mean ± std)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     local = next((r for r in rows if r["method"] == "local_de"), None)
     for ax, target in zip(axes, ("ensemble", "soup")):
@@ -86,12 +69,12 @@ def plot_accuracy_vs_lr_ratio(rows: list[dict[str, Any]], config: SweepConfig, p
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_accuracy_vs_size(rows: list[dict[str, Any]], best: dict[str, str], config: SweepConfig, path: Path) -> Path:
     """Ensemble test accuracy of the first k members against k, for each method's best configuration."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     by_config = {r["config"]: r for r in rows}
     for method, config_name in best.items():
@@ -111,7 +94,7 @@ def plot_accuracy_vs_compute(rows: list[dict[str, Any]], config: SweepConfig, pa
     """Test accuracy against compute. Left: the ensembles of the first k members (k = 1..K) of Local DE and of each
     cycle method's best LR ratio (on validation) per epoch ratio, at the member-epochs they cost (SSE / StarSSE:
     member 0's epochs plus k - 1 cycles). Right: the uniform soup of the same runs' K members at their cost."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, soup_ax) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     first_epochs = _first_member_epochs(rows, config)
     for j, (row, label) in enumerate(_compute_lines(rows, config)):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .model_card import STRATEGY_LABELS
 from .sweep_config import SweepConfig
 from .sweep_stats import verdict
 
-METHOD_NAMES = {"local_de": "Local DE", "sse": "SSE", "star_sse": "StarSSE", "member_0": "member 0"}
+METHOD_NAMES = {**STRATEGY_LABELS, "member_0": "member 0"}
 TARGET_NAMES = {"ensemble": "ensembles", "soup": "uniform soups (BatchNorm recalibrated)"}
 
 

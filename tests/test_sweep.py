@@ -1,5 +1,6 @@
 """`hf-starsse sweep`: a tiny grid (2 LR ratios x 1 epoch ratio x 2 seeds x 3 members) on a tiny BatchNorm model,
-SIGKILLed half-way and run again with the same command; and the statistics of its report."""
+SIGKILLed half-way and run again with the same command, then one of its runs pushed to the local test Hub; stages and
+shards for jobs; and the statistics of its report."""
 
 import hf_starsse  # noqa: F401, I001  (first: torchvision compatibility)
 
@@ -12,10 +13,15 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
+from conftest import HUB_TOKEN
+from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file
 from recipe_fixtures import make_checkpoint, save_dataset
 
 from ensemble_fixtures import file_digests
+from hf_starsse.cli import main as cli_main
 from hf_starsse.file_utils import CRASH_POINT_ENV
 from hf_starsse.prediction_cache import file_sha256
 from hf_starsse.run_folder import RunFolder
@@ -70,7 +76,7 @@ def _member_0_trainings(log: str) -> dict[int, int]:
     return {s: seeds.count(str(s)) for s in SEEDS}
 
 
-def test_tiny_sweep_trains_member_0_once_per_seed_and_resumes_after_sigkill(tmp_path):
+def test_tiny_sweep_trains_member_0_once_per_seed_and_resumes_after_sigkill(tmp_path, hub):
     out = tmp_path / "sweep"
     argv = ["sweep", "--config", _recipe(tmp_path), "--output-dir", str(out), "--lr-ratios", "0.5,4"]
     argv += ["--epoch-ratios", "1", "--seeds", "2", "--num-members", "3", "--bootstrap-samples", "200"]
@@ -133,6 +139,13 @@ def test_tiny_sweep_trains_member_0_once_per_seed_and_resumes_after_sigkill(tmp_
         "accuracy_vs_compute.png", "accuracy_vs_ensemble_size.png", "accuracy_vs_lr_ratio.png",
     ]  # fmt: skip
     assert not list(out.rglob("*.tmp"))
+
+    # a sweep run is an ordinary run: `hf-starsse push` publishes its evaluated soup as the root model
+    best = RunFolder(folder.runs_dir / "seed-0" / report["best"]["soup"]["star_sse"])
+    assert cli_main(["push", str(best.root), "alice/sweep-star", "--token", HUB_TOKEN, "--endpoint", hub.url]) == 0
+    root = load_file(hf_hub_download("alice/sweep-star", "model.safetensors", cache_dir=tmp_path / "cache"))
+    soup = load_file(str(best.soup_dir("uniform") / "model.safetensors"))
+    assert root.keys() == soup.keys() and all(torch.equal(root[k], soup[k]) for k in soup)
 
 
 def test_sweep_settings_are_checked_before_any_run(tmp_path):
@@ -220,7 +233,6 @@ def test_stages_and_shards_split_the_runs_between_jobs(tmp_path):
 
 
 def test_preset_dry_run_lists_the_runs_and_writes_nothing(tmp_path, capsys):
-    from hf_starsse.cli import main as cli_main
     from hf_starsse.commands.sweep import PRESET_NAMES
     from hf_starsse.sweep_presets import preset_names
 
