@@ -351,8 +351,9 @@ def load_run_results(folder: SweepFolder, runs: list[SweepRun]) -> list[dict[str
     ]
 
 
-def load_run_predictions(folder: SweepFolder, run: SweepRun) -> dict[str, np.ndarray]:
-    with np.load(folder.predictions_path(run), allow_pickle=False) as data:
+def load_run_predictions(folder: SweepFolder, seed: int, config_name: str) -> dict[str, np.ndarray]:
+    """The per-example arrays `record_run_result` wrote for the run `seed-<seed>/<config_name>` (no pickles)."""
+    with np.load(folder.predictions_file(seed, config_name), allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
 
 

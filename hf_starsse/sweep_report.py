@@ -3,7 +3,7 @@ figures, each written atomically."""
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import numpy as np
@@ -30,10 +30,9 @@ def build_report(folder: SweepFolder, config: SweepConfig, records: list[dict[st
     for record in records:
         by_config.setdefault(record["config"], {})[record["seed"]] = record
 
-    @cache
-    def load(seed: int, config_name: str) -> dict[str, np.ndarray]:
-        with np.load(folder.predictions_file(seed, config_name), allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+    from .sweep import load_run_predictions
+
+    load = cache(partial(load_run_predictions, folder))  # each run's file is read once per report
 
     def predictions(record: dict[str, Any]) -> dict[str, np.ndarray]:
         return load(record["seed"], record["config"])
@@ -106,12 +105,13 @@ def write_sweep_report(folder: SweepFolder, config: SweepConfig, command: str | 
     from .sweep import load_run_results, read_sessions, sweep_runs
     from .sweep_markdown import format_report
 
-    records = load_run_results(folder, sweep_runs(config))
+    runs = sweep_runs(config)
+    records = load_run_results(folder, runs)
     report = {
         "command": command,
         "config": {k: v for k, v in vars(config).items()},
         "num_runs_done": len(records),
-        "num_runs_planned": len(sweep_runs(config)),
+        "num_runs_planned": len(runs),
         **build_report(folder, config, records),
         "sessions": read_sessions(folder),
     }
